@@ -1,0 +1,1 @@
+"""Chaos experiments: faults, probes, safeguards, rollback, journal and report."""

@@ -1,0 +1,1 @@
+"""The edge: API gateway, load balancer and CDN edge caches."""

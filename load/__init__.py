@@ -1,0 +1,1 @@
+"""Load generation with Locust: locustfiles, load shapes, benchmarks."""

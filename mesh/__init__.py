@@ -1,0 +1,1 @@
+"""How processes talk: RPC, deadlines, retries, breakers, bulkheads, balancing, discovery."""

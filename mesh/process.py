@@ -1,0 +1,142 @@
+"""The configuration every testbed process shares, read once from the environment.
+
+Every process of the testbed (services, edge, management) is started as ``python -m <package>``
+with its settings in environment variables; ``ProcessConfig.from_env`` is the only reader of
+those common variables. Component-specific settings live in the component's own frozen config,
+which holds a ``ProcessConfig`` as its ``process`` field.
+
+Variables (all optional except where noted):
+
+``TESTBED_SERVICE``        logical service name, e.g. ``orders`` (default: the component's name)
+``TESTBED_INSTANCE_ID``    unique instance id, e.g. ``orders-1`` (default: ``<service>-<port>``)
+``TESTBED_HOST``           address to listen on (default ``127.0.0.1``)
+``TESTBED_PORT``           port to listen on (required to run; 0 picks a free one in tests)
+``TESTBED_ADMIN_PORT``     port of the admin API (faults, purge, drain), on its own listener so
+                           no public route can reach it (default: none, no admin listener)
+``TESTBED_ADVERTISE``      ``host:port`` to advertise to the registry (default: host:port; the
+                           management plane sets it to the instance's Toxiproxy proxy)
+``TESTBED_VERSION``        the version this instance runs (default ``v1``)
+``TESTBED_RUN_DIR``        the run folder: databases, span files, logs (default ``./runs/local``)
+``TESTBED_ADMIN_TOKEN``    token protecting the admin API (default ``testbed-admin``)
+``TESTBED_REGISTRY_URL``   base URL of the registry (unset: static discovery only)
+``TESTBED_UPSTREAMS``      static discovery: ``svc=host:port,host:port;svc2=host:port``
+``TESTBED_RESILIENCE``     resilience profile for outbound calls: ``none``, ``basic``, ``full``
+``TESTBED_LOG_FORMAT``     ``json``, ``console`` or ``auto`` (JSON when not on a terminal)
+``TESTBED_LOG_LEVEL``      ``debug``, ``info`` (default), ``warning``, ``error``
+``TESTBED_DRAIN_SECONDS``  how long shutdown waits for in-flight requests (default 5)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mesh.errors import ConfigError
+
+RESILIENCE_PROFILES = ("none", "basic", "full")
+LOG_FORMATS = ("json", "console", "auto")
+
+
+def _parse_upstreams(raw: str) -> dict[str, tuple[str, ...]]:
+    """Parse ``svc=host:port,host:port;svc2=host:port`` into a mapping."""
+    result: dict[str, tuple[str, ...]] = {}
+    for part in raw.split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, addresses = part.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"TESTBED_UPSTREAMS: {part!r} is not 'service=host:port[,host:port]'")
+        addrs = tuple(a.strip() for a in addresses.split(",") if a.strip())
+        for addr in addrs:
+            host, colon, port = addr.rpartition(":")
+            if not colon or not host or not port.isdigit():
+                raise ConfigError(f"TESTBED_UPSTREAMS: {addr!r} is not 'host:port'")
+        result[name.strip()] = addrs
+    return result
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessConfig:
+    """Settings every testbed process shares."""
+
+    service: str
+    instance_id: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    admin_port: int | None = None
+    advertise: str | None = None
+    version: str = "v1"
+    run_dir: Path = Path("runs/local")
+    admin_token: str = "testbed-admin"
+    registry_url: str | None = None
+    upstreams: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    resilience: str = "full"
+    log_format: str = "auto"
+    log_level: str = "info"
+    drain_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.resilience not in RESILIENCE_PROFILES:
+            raise ConfigError(
+                f"resilience profile {self.resilience!r} is unknown; "
+                f"use one of {', '.join(RESILIENCE_PROFILES)}"
+            )
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"log format {self.log_format!r} is unknown; use one of {', '.join(LOG_FORMATS)}"
+            )
+        for name, value in (("port", self.port), ("admin port", self.admin_port)):
+            if value is not None and not 0 <= value <= 65535:
+                raise ConfigError(f"{name} {value} is out of range 0-65535")
+
+    @property
+    def advertised_address(self) -> str:
+        """The ``host:port`` other processes should use to reach this one."""
+        return self.advertise or f"{self.host}:{self.port}"
+
+    @classmethod
+    def from_env(cls, default_service: str, env: Mapping[str, str] | None = None) -> ProcessConfig:
+        """Read the common settings; ``env`` defaults to ``os.environ``."""
+        e = os.environ if env is None else env
+        service = e.get("TESTBED_SERVICE") or default_service
+        port = _int(e, "TESTBED_PORT", 0)
+        return cls(
+            service=service,
+            instance_id=e.get("TESTBED_INSTANCE_ID") or f"{service}-{port}",
+            host=e.get("TESTBED_HOST") or "127.0.0.1",
+            port=port,
+            admin_port=_int(e, "TESTBED_ADMIN_PORT", -1) if e.get("TESTBED_ADMIN_PORT") else None,
+            advertise=e.get("TESTBED_ADVERTISE") or None,
+            version=e.get("TESTBED_VERSION") or "v1",
+            run_dir=Path(e.get("TESTBED_RUN_DIR") or "runs/local"),
+            admin_token=e.get("TESTBED_ADMIN_TOKEN") or "testbed-admin",
+            registry_url=e.get("TESTBED_REGISTRY_URL") or None,
+            upstreams=_parse_upstreams(e.get("TESTBED_UPSTREAMS", "")),
+            resilience=e.get("TESTBED_RESILIENCE") or "full",
+            log_format=e.get("TESTBED_LOG_FORMAT") or "auto",
+            log_level=(e.get("TESTBED_LOG_LEVEL") or "info").lower(),
+            drain_seconds=_float(e, "TESTBED_DRAIN_SECONDS", 5.0),
+        )

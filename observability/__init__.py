@@ -1,0 +1,1 @@
+"""What every process emits: structured logs, Prometheus metrics, OpenTelemetry traces, health."""

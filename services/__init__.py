@@ -1,0 +1,1 @@
+"""The system under test: five microservices, each its own process with its own database."""
