@@ -15,3 +15,15 @@ class TestbedError(Exception):
 
 class ConfigError(TestbedError):
     """A setting is missing or malformed; the message names it and the fix."""
+
+
+class NoInstanceError(TestbedError):
+    """No instance of an upstream service can take a request (none known, or all excluded)."""
+
+
+class CircuitOpenError(TestbedError):
+    """The circuit breaker of an upstream is open (or its half-open trial slots are taken)."""
+
+
+class BulkheadFullError(TestbedError):
+    """The concurrency limit towards an upstream is reached; the call was not sent."""
