@@ -6,9 +6,15 @@ typed function that tests (and the chaos engine) can call without going through 
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import sys
+import time
+from pathlib import Path
 
 import click
+from rich.console import Console
+from rich.table import Table
 
 from management import __version__
 from mesh.errors import TestbedError
@@ -25,10 +31,271 @@ def cli() -> None:
     """
 
 
+_RUN_DIR = click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The stack's run folder (default: the current run).",
+)
+
+
+def _console() -> Console:
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=200)
+    return console
+
+
+def _say(message: str) -> None:
+    click.echo(f"  {message}", err=True)
+
+
+@cli.command()
+@click.option(
+    "--topology",
+    "topology",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Topology YAML (default: the one shipped with the package).",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run folder for logs, data, traces (default: runs/<timestamp>).",
+)
+@click.option(
+    "--base-port",
+    type=click.IntRange(1024, 65000),
+    default=None,
+    envvar="TESTBED_BASE_PORT",
+    help="First port of the stack's range (default 20000; env TESTBED_BASE_PORT).",
+)
+@click.option("--foreground", is_flag=True, help="Stay attached; Ctrl-C stops everything.")
+@click.option(
+    "--timeout",
+    "within",
+    type=click.FloatRange(1, 600),
+    default=90.0,
+    show_default=True,
+    help="Seconds to wait for every instance to be ready.",
+)
+def up(
+    topology: Path | None,
+    run_dir: Path | None,
+    base_port: int | None,
+    foreground: bool,
+    within: float,
+) -> None:
+    """Start the whole system (supervised processes, Toxiproxy, Prometheus) and wait until ready."""
+    from management.stack import up as stack_up
+
+    started = time.monotonic()
+    click.echo("testbed up", err=True)
+    stack = asyncio.run(
+        stack_up(
+            topology=topology,
+            run_dir=run_dir,
+            base_port=base_port,
+            progress=_say,
+            within=within,
+        )
+    )
+    click.echo(
+        f"all {len(stack.plan.instances)} instances ready in {time.monotonic() - started:.1f}s"
+    )
+    for name, where in stack.where():
+        click.echo(f"  {name:<16} {where}")
+    if not foreground:
+        click.echo("stop it with `testbed down`")
+        return
+    click.echo("running in the foreground; Ctrl-C stops everything")
+    _wait_for_interrupt()
+    from management.stack import down as stack_down
+
+    stack_down(stack.run_dir, progress=_say)
+    click.echo("stopped")
+
+
+def _wait_for_interrupt() -> None:
+    received: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        while not received:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _fmt_uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _yes_no(value: bool | None) -> str:
+    return "-" if value is None else ("yes" if value else "NO")
+
+
+@cli.command()
+@_RUN_DIR
+def status(run_dir: Path | None) -> None:
+    """Every instance: state, pid, address, version, uptime, restarts, ready, registered."""
+    from management.stack import open_stack
+
+    stack = open_stack(run_dir)
+    rows = asyncio.run(stack.status())
+    table = Table(title=f"testbed stack in {stack.run_dir}")
+    for column in (
+        "instance",
+        "state",
+        "pid",
+        "address",
+        "version",
+        "uptime",
+        "restarts",
+        "ready",
+        "registered",
+    ):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row.instance,
+            row.state,
+            str(row.pid or "-"),
+            row.address,
+            row.version,
+            _fmt_uptime(row.uptime_seconds),
+            str(row.restarts),
+            _yes_no(row.ready),
+            _yes_no(row.registered),
+        )
+    _console().print(table)
+
+
+@cli.command()
+@click.argument("assignment", metavar="SERVICE=N")
+@_RUN_DIR
+def scale(assignment: str, run_dir: Path | None) -> None:
+    """Run N instances of SERVICE, live (removed instances are drained first)."""
+    from management.stack import open_stack
+
+    name, sep, raw = assignment.partition("=")
+    if not sep or not raw.isdigit():
+        raise click.BadParameter(f"{assignment!r} is not SERVICE=N", param_hint="SERVICE=N")
+    stack = open_stack(run_dir, progress=_say)
+    started = time.monotonic()
+    added, removed = asyncio.run(stack.scale(name, int(raw)))
+    changes = [f"+{a}" for a in added] + [f"-{r}" for r in removed]
+    click.echo(
+        f"{name}: {len(stack.plan.of(name))} instances "
+        f"({', '.join(changes) or 'no change'}) in {time.monotonic() - started:.1f}s"
+    )
+
+
+@cli.command()
+@click.argument("service")
+@click.option("--version", "version", required=True, help="The version to roll out.")
+@_RUN_DIR
+def deploy(service: str, version: str, run_dir: Path | None) -> None:
+    """Rolling deploy: one instance at a time, drained, restarted with VERSION, ready again."""
+    from management.stack import open_stack
+
+    stack = open_stack(run_dir, progress=_say)
+    seconds = asyncio.run(stack.deploy(service, version))
+    click.echo(
+        f"{service} is at {version} on {len(stack.plan.of(service))} instances; "
+        f"rolling deploy took {seconds:.1f}s"
+    )
+
+
+@cli.command()
+@click.argument("component")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("-n", "--lines", default=40, show_default=True, help="Lines of history to show.")
+@_RUN_DIR
+def logs(component: str, follow: bool, lines: int, run_dir: Path | None) -> None:
+    """Print a component's (or instance's) log; toxiproxy, prometheus, supervisord work too."""
+    from management.stack import _resolve_run_dir, open_stack
+
+    try:
+        files = open_stack(run_dir).log_files(component)
+    except TestbedError:
+        run = _resolve_run_dir(run_dir)
+        files = [run / "logs" / f"{component}.log"]
+        if not files[0].exists():
+            raise
+    _print_logs(files, lines=lines, follow=follow)
+
+
+def _print_logs(files: list[Path], *, lines: int, follow: bool) -> None:
+    prefix = len(files) > 1
+    offsets: dict[Path, int] = {}
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        offsets[path] = len(data)
+        for line in data.decode(errors="replace").splitlines()[-lines:]:
+            click.echo(f"{path.stem}: {line}" if prefix else line)
+    try:
+        while follow:
+            time.sleep(0.2)
+            for path in files:
+                try:
+                    with path.open("rb") as f:
+                        size = f.seek(0, 2)
+                        if size < offsets[path]:
+                            offsets[path] = 0
+                        f.seek(offsets[path])
+                        chunk = f.read()
+                except FileNotFoundError:
+                    continue
+                offsets[path] += len(chunk)
+                for line in chunk.decode(errors="replace").splitlines():
+                    click.echo(f"{path.stem}: {line}" if prefix else line)
+    except KeyboardInterrupt:
+        return
+
+
+@cli.command()
+@_RUN_DIR
+def down(run_dir: Path | None) -> None:
+    """Stop everything the stack started (also after a crash of the CLI)."""
+    from management.stack import current_run_dir
+    from management.stack import down as stack_down
+
+    run = run_dir.resolve() if run_dir else current_run_dir()
+    if run is None:
+        click.echo("no stack is up")
+        return
+    forced = stack_down(run, progress=_say)
+    extra = f" ({forced} had to be killed)" if forced else ""
+    click.echo(f"stack in {run} is down{extra}; logs and data stay there")
+
+
+def _add_component_commands() -> None:
+    """Commands implemented next to what they drive (kept out of this file's imports at top)."""
+    from services.audit_cli import audit
+
+    cli.add_command(audit)
+
+
+_add_component_commands()
+
+
 def main() -> None:
     """Entry point: run the CLI, turning deliberate errors into one clear line and exit code 2."""
     try:
-        cli.main(standalone_mode=False)
+        code = cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -41,3 +308,6 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    # With standalone_mode=False, click returns ctx.exit()'s code instead of exiting.
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)

@@ -1,0 +1,867 @@
+"""The embedded stack: bring it up, look at it, scale it, redeploy it, tear it down.
+
+``up`` derives a ``Plan`` from the topology, writes supervisord's, Prometheus' (and Jaeger's)
+configuration into the run folder, starts supervisord (which starts Toxiproxy, Prometheus and
+every process), creates the Toxiproxy proxies and waits until every instance is ready and
+registered. What a later command needs is in ``<run>/state.json`` (the effective topology, base
+port, control socket), and ``$TESTBED_STATE_DIR/current`` (default
+``~/.local/state/testbed/current``) points at the run that is up, so ``status``, ``scale``,
+``deploy``, ``logs`` and ``down`` find it without options, even after the CLI crashed.
+
+Each function is typed and callable without the CLI (tests and the chaos engine use them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from management.plan import DEFAULT_BASE_PORT, LOCALHOST, InstancePlan, Plan, build_plan
+from management.ports import check_ports_free
+from management.prometheus import write_prometheus_files, write_targets
+from management.registry_client import RegistryClient, RegistryError
+from management.supervisor import (
+    MARKER_ENV,
+    ProgramSpec,
+    Supervisor,
+    SupervisorError,
+    clean_environment,
+    launch_supervisord,
+    program_config,
+    socket_path_for,
+    supervisord_config,
+)
+from management.topology import MAX_INSTANCES, Topology, load_topology, parse_topology
+from management.toxiproxy import INSTALL_HINT, ToxiproxyClient, ToxiproxyError, find_binary
+from mesh.errors import ConfigError, TestbedError
+
+__all__ = [
+    "AlreadyUp",
+    "InstanceStatus",
+    "NotUp",
+    "Stack",
+    "StackError",
+    "current_run_dir",
+    "down",
+    "open_stack",
+    "up",
+]
+
+Progress = Callable[[str], None]
+STATE_FILE = "state.json"
+SETTLE_SECONDS = 1.0
+"""After draining an instance in the registry, how long callers get to see it gone."""
+_HTTP_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
+_INFRA_PROGRAMS = ("toxiproxy", "prometheus", "jaeger")
+
+
+class StackError(TestbedError):
+    """Something went wrong starting or changing the stack; the message says what and where."""
+
+
+class AlreadyUp(StackError):
+    """``up`` found a stack already running."""
+
+
+class NotUp(StackError):
+    """No stack is running where the command looked."""
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+# ---- where the current run is -------------------------------------------------------------------
+def state_home() -> Path:
+    override = os.environ.get("TESTBED_STATE_DIR")
+    if override:
+        return Path(override)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "testbed"
+
+
+def _pointer() -> Path:
+    return state_home() / "current"
+
+
+def current_run_dir() -> Path | None:
+    """The run folder of the stack that is up (per the pointer), if any."""
+    try:
+        text = _pointer().read_text().strip()
+    except OSError:
+        return None
+    return Path(text) if text else None
+
+
+def _set_pointer(run_dir: Path) -> None:
+    pointer = _pointer()
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pointer.with_suffix(".tmp")
+    tmp.write_text(str(run_dir) + "\n")
+    tmp.replace(pointer)
+
+
+def _clear_pointer(run_dir: Path) -> None:
+    if current_run_dir() == run_dir:
+        with contextlib.suppress(OSError):
+            _pointer().unlink()
+
+
+def _resolve_run_dir(run_dir: Path | None) -> Path:
+    if run_dir is not None:
+        return run_dir.resolve()
+    found = current_run_dir()
+    if found is None:
+        raise NotUp("no stack is up (no current run); start one with `testbed up`")
+    return found
+
+
+# ---- state file ---------------------------------------------------------------------------------
+def _read_state(run_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((run_dir / STATE_FILE).read_text())
+    except FileNotFoundError:
+        raise NotUp(f"no stack state in {run_dir} (was it started with `testbed up`?)") from None
+    except (OSError, ValueError) as exc:
+        raise StackError(f"cannot read {run_dir / STATE_FILE}: {exc}") from None
+    if not isinstance(data, dict):
+        raise StackError(f"{run_dir / STATE_FILE} is not a stack state")
+    return data
+
+
+def _write_state(run_dir: Path, state: dict[str, Any]) -> None:
+    path = run_dir / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    tmp.replace(path)
+
+
+# ---- status -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InstanceStatus:
+    """One row of ``testbed status``."""
+
+    instance: str
+    component: str
+    state: str
+    pid: int | None
+    address: str
+    version: str
+    uptime_seconds: float | None
+    restarts: int
+    ready: bool | None
+    registered: bool | None
+
+
+_EXITED = re.compile(r"exited: (\S+) \(.*not expected\)")
+
+
+def _crash_restarts(log: Path) -> dict[str, int]:
+    """Unexpected exits per program, from supervisord's log (it keeps no counter itself)."""
+    counts: dict[str, int] = {}
+    with contextlib.suppress(OSError), log.open(errors="replace") as f:
+        for line in f:
+            m = _EXITED.search(line)
+            if m:
+                counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+    return counts
+
+
+async def _is_ready(http: aiohttp.ClientSession, url: str) -> bool:
+    try:
+        async with http.get(url, timeout=_HTTP_TIMEOUT) as resp:
+            return resp.status == 200
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+# ---- the stack ----------------------------------------------------------------------------------
+@dataclass
+class Stack:
+    """A stack that is (or was) up, loaded from its run folder."""
+
+    run_dir: Path
+    plan: Plan
+    state: dict[str, Any]
+    supervisor: Supervisor
+    progress: Progress = field(default=_quiet)
+
+    # -- files --
+    @property
+    def programs_dir(self) -> Path:
+        return self.run_dir / "supervisor" / "programs"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    @property
+    def workdir(self) -> Path:
+        return Path(self.state.get("workdir") or os.getcwd())
+
+    def _save(self) -> None:
+        self.state["topology"] = self.plan.topology.to_data()
+        _write_state(self.run_dir, self.state)
+
+    def _instance_spec(self, inst: InstancePlan) -> ProgramSpec:
+        priority = {"registry": 10, "service": 100, "gateway": 200, "balancer": 300}.get(
+            inst.kind, 400
+        )
+        return ProgramSpec(
+            name=inst.instance_id,
+            command=inst.command,
+            env=inst.env,
+            log_file=self.logs_dir / f"{inst.instance_id}.log",
+            directory=self.workdir,
+            priority=priority,
+            stop_wait_seconds=self.plan.topology.defaults.drain_seconds + 5,
+        )
+
+    def _write_program(self, spec: ProgramSpec) -> None:
+        path = self.programs_dir / f"{spec.name}.conf"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(program_config(spec))
+        tmp.replace(path)
+
+    def _remove_program(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.programs_dir / f"{name}.conf").unlink()
+
+    def log_files(self, component: str) -> list[Path]:
+        """The log files of a component, an instance, or toxiproxy/prometheus/supervisord."""
+        names = [i.instance_id for i in self.plan.of(component)]
+        if not names and any(i.instance_id == component for i in self.plan.instances):
+            names = [component]
+        if not names and component in (*_INFRA_PROGRAMS, "supervisord"):
+            names = [component]
+        if not names:
+            known = ", ".join([*self.plan.topology.components, *_INFRA_PROGRAMS[:2], "supervisord"])
+            raise ConfigError(f"no component or instance {component!r}; known: {known}")
+        return [self.logs_dir / f"{n}.log" for n in names]
+
+    # -- urls --
+    @property
+    def toxiproxy_url(self) -> str:
+        return f"http://{LOCALHOST}:{self.plan.infra.toxiproxy}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{LOCALHOST}:{self.plan.infra.prometheus}"
+
+    @property
+    def jaeger_url(self) -> str | None:
+        return f"http://{LOCALHOST}:{self.plan.infra.jaeger_ui}" if self.plan.jaeger else None
+
+    def where(self) -> list[tuple[str, str]]:
+        """What a user wants to know after ``up``: public URLs and tools."""
+        rows: list[tuple[str, str]] = []
+        for inst in self.plan.instances:
+            if inst.kind == "cdn":
+                rows.append((f"CDN PoP {inst.region}", inst.url))
+        for inst in self.plan.instances:
+            if inst.kind == "balancer":
+                rows.append(("load balancer", inst.url))
+        if self.plan.registry_url:
+            rows.append(("registry", self.plan.registry_url))
+        rows.append(("Prometheus", self.prometheus_url))
+        rows.append(("Toxiproxy API", self.toxiproxy_url))
+        if self.jaeger_url:
+            rows.append(("Jaeger", self.jaeger_url))
+        rows.append(("run folder", str(self.run_dir)))
+        return rows
+
+    # -- waiting --
+    async def _registered(self, http: aiohttp.ClientSession) -> dict[str, str] | None:
+        """instance id -> version of every registered instance, or None if no registry answers."""
+        if not self.plan.registry_url:
+            return None
+        try:
+            services = await RegistryClient(http, self.plan.registry_url, timeout=1.0).services()
+        except RegistryError:
+            return None
+        return {i.id: i.version for items in services.values() for i in items}
+
+    async def wait_ready(
+        self,
+        instances: Sequence[InstancePlan],
+        *,
+        within: float = 90.0,
+        infra: bool = False,
+        registration_grace: float | None = None,
+    ) -> None:
+        """Wait until each instance answers /readyz 200 and, if it registers, is registered
+        with its planned version; fail early (with its log) if supervisord gives up on one.
+
+        With ``registration_grace``, an instance ready that long without registering is let
+        through with a warning (its process does not hook in ``management.registration``).
+        """
+        pending = {i.instance_id: i for i in instances}
+        ready_since: dict[str, float] = {}
+        infra_pending: dict[str, str] = {}
+        if infra:
+            infra_pending["Prometheus"] = self.prometheus_url + "/-/ready"
+            infra_pending["Toxiproxy"] = self.toxiproxy_url + "/version"
+            if self.jaeger_url:
+                infra_pending["Jaeger"] = self.jaeger_url + "/"
+        started = time.monotonic()
+        deadline = started + within
+        async with aiohttp.ClientSession() as http:
+            while pending or infra_pending:
+                for name, url in list(infra_pending.items()):
+                    if await _is_ready(http, url):
+                        del infra_pending[name]
+                        self.progress(f"{name} ready ({time.monotonic() - started:.1f}s)")
+                registered = await self._registered(http)
+                checks = await asyncio.gather(
+                    *(_is_ready(http, i.url + "/readyz") for i in pending.values())
+                )
+                for inst, ready in zip(list(pending.values()), checks, strict=True):
+                    if not ready:
+                        continue
+                    if inst.registers and (
+                        registered is None or registered.get(inst.instance_id) != inst.version
+                    ):
+                        since = ready_since.setdefault(inst.instance_id, time.monotonic())
+                        if (
+                            registration_grace is None
+                            or registered is None
+                            or time.monotonic() - since < registration_grace
+                        ):
+                            continue
+                        self.progress(
+                            f"warning: {inst.instance_id} is ready but did not register "
+                            f"within {registration_grace:g}s (does its app call "
+                            "management.registration.install_registration?)"
+                        )
+                    del pending[inst.instance_id]
+                    self.progress(f"{inst.instance_id} ready ({time.monotonic() - started:.1f}s)")
+                if not (pending or infra_pending):
+                    break
+                await self._fail_on_fatal(set(pending))
+                if time.monotonic() > deadline:
+                    waiting = sorted(pending) + sorted(infra_pending)
+                    raise StackError(
+                        f"not ready after {within:.0f}s: {', '.join(waiting)}\n"
+                        + self._log_tails(sorted(pending))
+                    )
+                await asyncio.sleep(0.1)
+
+    async def _fail_on_fatal(self, names: set[str]) -> None:
+        with contextlib.suppress(SupervisorError, TimeoutError):
+            for proc in await self.supervisor.aprocesses():
+                if proc["name"] in names and proc["statename"] in ("FATAL", "BACKOFF"):
+                    if proc["statename"] == "BACKOFF" and proc.get("exitstatus", 0) == 0:
+                        continue
+                    if proc["statename"] == "FATAL":
+                        raise StackError(
+                            f"{proc['name']} keeps crashing (supervisord gave up):\n"
+                            + self._log_tails([proc["name"]])
+                        )
+
+    def _log_tails(self, names: Iterable[str], lines: int = 15) -> str:
+        out = []
+        for name in list(names)[:3]:
+            path = self.logs_dir / f"{name}.log"
+            try:
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+            except OSError:
+                tail = ["(no log yet)"]
+            out.append(f"--- {path} (last {lines} lines)\n" + "\n".join(tail))
+        return "\n".join(out)
+
+    # -- status --
+    async def status(self) -> list[InstanceStatus]:
+        try:
+            procs = {p["name"]: p for p in await self.supervisor.aprocesses()}
+        except (SupervisorError, TimeoutError):
+            procs = {}
+        restarts = _crash_restarts(self.logs_dir / "supervisord.log")
+        rows: list[InstanceStatus] = []
+        now = time.time()
+        async with aiohttp.ClientSession() as http:
+            registered = await self._registered(http)
+            readiness = await asyncio.gather(
+                *(_is_ready(http, i.url + "/readyz") for i in self.plan.instances)
+            )
+            infra = [
+                ("toxiproxy", self.plan.infra.toxiproxy, "/version"),
+                ("prometheus", self.plan.infra.prometheus, "/-/ready"),
+            ]
+            if self.plan.jaeger:
+                infra.append(("jaeger", self.plan.infra.jaeger_ui, "/"))
+            for name, port, path in infra:
+                address = f"{LOCALHOST}:{port}"
+                ready = await _is_ready(http, f"http://{address}{path}")
+                rows.append(
+                    self._row(
+                        name, name, procs.get(name, {}), address, "-", ready, None, restarts, now
+                    )
+                )
+        for inst, ready in zip(self.plan.instances, readiness, strict=True):
+            proc = procs.get(inst.instance_id, {})
+            version = inst.version
+            is_registered: bool | None = None
+            if inst.registers:
+                is_registered = registered is not None and inst.instance_id in registered
+                if registered and inst.instance_id in registered:
+                    version = registered[inst.instance_id]
+            rows.append(
+                self._row(
+                    inst.instance_id,
+                    inst.component,
+                    proc,
+                    inst.advertise,
+                    version,
+                    ready,
+                    is_registered,
+                    restarts,
+                    now,
+                )
+            )
+        return rows
+
+    @staticmethod
+    def _row(
+        name: str,
+        component: str,
+        proc: dict[str, Any],
+        address: str,
+        version: str,
+        ready: bool | None,
+        registered: bool | None,
+        restarts: dict[str, int],
+        now: float,
+    ) -> InstanceStatus:
+        running = proc.get("statename") == "RUNNING"
+        return InstanceStatus(
+            instance=name,
+            component=component,
+            state=str(proc.get("statename", "UNKNOWN")),
+            pid=int(proc["pid"]) if running and proc.get("pid") else None,
+            address=address,
+            version=version,
+            uptime_seconds=now - float(proc["start"]) if running and proc.get("start") else None,
+            restarts=restarts.get(name, 0),
+            ready=ready,
+            registered=registered,
+        )
+
+    # -- changes --
+    def _replan(self, topology: Topology) -> Plan:
+        return build_plan(
+            topology,
+            base_port=self.plan.base_port,
+            run_dir=self.run_dir,
+            jaeger=self.plan.jaeger,
+        )
+
+    def _check_component(self, component: str) -> None:
+        if component not in self.plan.topology.components:
+            known = ", ".join(self.plan.topology.components)
+            raise ConfigError(f"no component {component!r} in this stack; known: {known}")
+
+    async def _drain(self, http: aiohttp.ClientSession, inst: InstancePlan) -> None:
+        """Take an instance out of the registry so callers stop picking it, then let them see."""
+        if not (inst.registers and self.plan.registry_url):
+            return
+        try:
+            await RegistryClient(http, self.plan.registry_url).drain(
+                inst.component, inst.instance_id
+            )
+        except RegistryError as exc:
+            self.progress(f"warning: could not drain {inst.instance_id} in the registry: {exc}")
+        await asyncio.sleep(SETTLE_SECONDS)
+
+    async def scale(self, component: str, count: int) -> tuple[list[str], list[str]]:
+        """Run ``count`` instances of ``component``; returns (added, removed) instance ids.
+
+        New instances get their proxy, start and must be ready and registered; removed ones are
+        drained in the registry first, then stopped gracefully (in-flight requests finish).
+        """
+        self._check_component(component)
+        comp = self.plan.topology.components[component]
+        if comp.kind in ("cdn", "registry", "balancer"):
+            raise ConfigError(f"{component} is a {comp.kind}: its instance count is fixed")
+        if not 0 <= count <= MAX_INSTANCES:
+            raise ConfigError(f"instance count {count} is out of range 0-{MAX_INSTANCES}")
+        new_plan = self._replan(self.plan.topology.with_instances(component, count))
+        old_ids = {i.instance_id for i in self.plan.of(component)}
+        new_ids = {i.instance_id for i in new_plan.of(component)}
+        added = [i for i in new_plan.of(component) if i.instance_id not in old_ids]
+        removed = [i for i in self.plan.of(component) if i.instance_id not in new_ids]
+        new_proxies = [p for p in new_plan.proxies if p.name in {i.instance_id for i in added}]
+        check_ports_free(
+            {i.port: i.instance_id for i in added}
+            | {int(p.listen.rpartition(":")[2]): f"proxy {p.name}" for p in new_proxies}
+        )
+        async with aiohttp.ClientSession() as http:
+            toxiproxy = ToxiproxyClient(http, self.toxiproxy_url)
+            if added:
+                await toxiproxy.populate(new_proxies)
+                for inst in added:
+                    self._write_program(self._instance_spec(inst))
+                self.plan = new_plan
+                self._save()
+                await self.supervisor.update()
+                write_targets(self.plan, self.run_dir / "prometheus" / "targets")
+                self.progress(f"starting {', '.join(i.instance_id for i in added)}")
+                await self.wait_ready(added)
+            if removed:
+                self.progress(f"draining {', '.join(i.instance_id for i in removed)}")
+                await asyncio.gather(*(self._drain(http, inst) for inst in removed))
+                for inst in removed:
+                    self._remove_program(inst.instance_id)
+                self.plan = new_plan
+                self._save()
+                await self.supervisor.update()
+                await toxiproxy.delete(i.instance_id for i in removed if i.proxy_port)
+                write_targets(self.plan, self.run_dir / "prometheus" / "targets")
+            self.plan = new_plan
+            self._save()
+        return [i.instance_id for i in added], [i.instance_id for i in removed]
+
+    async def deploy(self, component: str, version: str) -> float:
+        """Rolling deploy of ``version``, one instance at a time; returns the seconds it took.
+
+        Per instance: drain it in the registry (callers stop picking it), stop it gracefully
+        (it finishes in-flight requests), start it with the new version, wait until it is
+        ready and registered with that version, then the next.
+        """
+        self._check_component(component)
+        started = time.monotonic()
+        new_plan = self._replan(self.plan.topology.with_version(component, version))
+        async with aiohttp.ClientSession() as http:
+            for inst in new_plan.of(component):
+                old = self.plan.instance(inst.instance_id)
+                self.progress(f"{inst.instance_id}: {old.version} -> {version}")
+                await self._drain(http, old)
+                self._write_program(self._instance_spec(inst))
+                await self.supervisor.update()
+                await self.wait_ready([inst])
+        self.plan = new_plan
+        self._save()
+        return time.monotonic() - started
+
+
+# ---- up -----------------------------------------------------------------------------------------
+def _default_run_dir() -> Path:
+    return (Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
+
+
+def _jaeger_config(plan: Plan) -> str:
+    infra = plan.infra
+    config = {
+        "service": {
+            "extensions": ["jaeger_storage", "jaeger_query"],
+            "pipelines": {
+                "traces": {
+                    "receivers": ["otlp"],
+                    "processors": ["batch"],
+                    "exporters": ["jaeger_storage_exporter"],
+                }
+            },
+            "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "warn"}},
+        },
+        "extensions": {
+            "jaeger_query": {
+                "storage": {"traces": "memstore"},
+                "http": {"endpoint": f"{LOCALHOST}:{infra.jaeger_ui}"},
+                "grpc": {"endpoint": f"{LOCALHOST}:{plan.base_port + 5}"},
+            },
+            "jaeger_storage": {"backends": {"memstore": {"memory": {"max_traces": 50000}}}},
+        },
+        "receivers": {
+            "otlp": {
+                "protocols": {
+                    "grpc": {"endpoint": f"{LOCALHOST}:{infra.jaeger_otlp_grpc}"},
+                    "http": {"endpoint": f"{LOCALHOST}:{infra.jaeger_otlp_http}"},
+                }
+            }
+        },
+        "processors": {"batch": {}},
+        "exporters": {"jaeger_storage_exporter": {"trace_storage": "memstore"}},
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def _find_tools(jaeger: bool | None) -> tuple[str, str, str | None]:
+    toxiproxy = find_binary("toxiproxy-server", env_var="TESTBED_TOXIPROXY", hint=INSTALL_HINT)
+    prometheus = os.environ.get("TESTBED_PROMETHEUS") or shutil.which("prometheus")
+    if not prometheus:
+        raise ConfigError(
+            "prometheus is not installed (not on PATH): run `make setup` "
+            "(Debian: sudo apt-get install prometheus)"
+        )
+    jaeger_bin: str | None = None
+    if jaeger is not False:
+        try:
+            jaeger_bin = find_binary("jaeger", env_var="TESTBED_JAEGER", hint=INSTALL_HINT)
+        except ConfigError:
+            if jaeger:
+                raise
+    return toxiproxy, prometheus, jaeger_bin
+
+
+def _alive_stack(run_dir: Path) -> Stack | None:
+    try:
+        stack = open_stack(run_dir)
+    except (NotUp, StackError, ConfigError):
+        return None
+    return stack if stack.supervisor.alive() else None
+
+
+def _refuse_if_up(run_dir: Path | None) -> None:
+    for candidate in filter(None, (current_run_dir(), run_dir.resolve() if run_dir else None)):
+        alive = _alive_stack(candidate)
+        if alive is not None:
+            raise AlreadyUp(_already_up_message(alive))
+
+
+def _already_up_message(stack: Stack) -> str:
+    rows = "\n".join(f"  {k:<16} {v}" for k, v in stack.where())
+    return f"the stack is already up:\n{rows}\nstop it with `testbed down`"
+
+
+async def up(
+    *,
+    topology: Path | None = None,
+    run_dir: Path | None = None,
+    base_port: int | None = None,
+    jaeger: bool | None = None,
+    progress: Progress = _quiet,
+    within: float = 90.0,
+    env: dict[str, str] | None = None,
+) -> Stack:
+    """Start the whole stack and wait until every instance is ready; returns it, running.
+
+    ``jaeger``: None starts Jaeger when ``tools/bin/jaeger`` exists, False never, True requires
+    it. ``env`` is the environment supervisord starts with (default ``os.environ``). On failure,
+    everything started so far is stopped again.
+    """
+    _refuse_if_up(run_dir)
+    topo = load_topology(topology)
+    toxiproxy_bin, prometheus_bin, jaeger_bin = _find_tools(jaeger)
+    base = base_port or int(os.environ.get("TESTBED_BASE_PORT") or DEFAULT_BASE_PORT)
+    run = (run_dir or _default_run_dir()).resolve()
+    plan = build_plan(topo, base_port=base, run_dir=run, jaeger=jaeger_bin is not None)
+    check_ports_free(plan.ports())
+
+    for sub in ("logs", "data", "traces", "supervisor/programs", "prometheus/data"):
+        (run / sub).mkdir(parents=True, exist_ok=True)
+    for stale in (run / "supervisor" / "programs").glob("*.conf"):
+        stale.unlink()
+    socket = socket_path_for(run)
+    state: dict[str, Any] = {
+        "format": 1,
+        "run_dir": str(run),
+        "base_port": base,
+        "socket": str(socket),
+        "workdir": os.getcwd(),
+        "topology_source": str(topology) if topology else "(default)",
+        "topology": topo.to_data(),
+        "jaeger": jaeger_bin is not None,
+        "started_at": time.time(),
+        "status": "starting",
+    }
+    _write_state(run, state)
+    _set_pointer(run)
+    stack = Stack(
+        run_dir=run, plan=plan, state=state, supervisor=Supervisor(socket), progress=progress
+    )
+    try:
+        prom_config = write_prometheus_files(plan, run / "prometheus")
+        infra = [
+            ProgramSpec(
+                name="toxiproxy",
+                command=(toxiproxy_bin, "-host", LOCALHOST, "-port", str(plan.infra.toxiproxy)),
+                env={},
+                log_file=stack.logs_dir / "toxiproxy.log",
+                directory=run,
+                priority=1,
+                stop_wait_seconds=5,
+            ),
+            ProgramSpec(
+                name="prometheus",
+                command=(
+                    prometheus_bin,
+                    f"--config.file={prom_config}",
+                    f"--storage.tsdb.path={run / 'prometheus' / 'data'}",
+                    f"--web.listen-address={LOCALHOST}:{plan.infra.prometheus}",
+                    "--storage.tsdb.retention.time=1d",
+                    "--log.level=warn",
+                ),
+                env={},
+                log_file=stack.logs_dir / "prometheus.log",
+                directory=run,
+                priority=900,
+                stop_wait_seconds=10,
+            ),
+        ]
+        if jaeger_bin is not None:
+            jaeger_conf = run / "jaeger.yaml"
+            jaeger_conf.write_text(_jaeger_config(plan))
+            infra.append(
+                ProgramSpec(
+                    name="jaeger",
+                    command=(jaeger_bin, f"--config={jaeger_conf}"),
+                    # Jaeger would trace itself to localhost:4317 (another stack's port, maybe).
+                    env={"OTEL_TRACES_EXPORTER": "none", "OTEL_SDK_DISABLED": "true"},
+                    log_file=stack.logs_dir / "jaeger.log",
+                    directory=run,
+                    priority=2,
+                    stop_wait_seconds=5,
+                )
+            )
+        for spec in infra:
+            stack._write_program(spec)
+        for inst in plan.instances:
+            stack._write_program(stack._instance_spec(inst))
+        conf = run / "supervisor" / "supervisord.conf"
+        conf.write_text(supervisord_config(run, socket, stack.programs_dir))
+        progress(f"starting {len(plan.instances)} processes, Toxiproxy and Prometheus in {run}")
+        await asyncio.to_thread(
+            launch_supervisord, conf, clean_environment(env or dict(os.environ), run)
+        )
+        state["supervisord_pid"] = await asyncio.to_thread(stack.supervisor.pid)
+        _write_state(run, state)
+        await _populate_toxiproxy(stack, within=min(within, 30.0))
+        progress(f"Toxiproxy: {len(plan.proxies)} proxies")
+        await stack.wait_ready(plan.instances, within=within, infra=True, registration_grace=5.0)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(down, run)
+        raise
+    state["status"] = "up"
+    _write_state(run, state)
+    return stack
+
+
+async def _populate_toxiproxy(stack: Stack, *, within: float) -> None:
+    deadline = time.monotonic() + within
+    async with aiohttp.ClientSession() as http:
+        client = ToxiproxyClient(http, stack.toxiproxy_url)
+        while True:
+            try:
+                await client.version()
+                break
+            except ToxiproxyError:
+                if time.monotonic() > deadline:
+                    raise StackError(
+                        "Toxiproxy did not start:\n" + stack._log_tails(["toxiproxy"])
+                    ) from None
+                await asyncio.sleep(0.05)
+        await client.populate(stack.plan.proxies)
+
+
+# ---- open / down --------------------------------------------------------------------------------
+def open_stack(run_dir: Path | None = None, *, progress: Progress = _quiet) -> Stack:
+    """The stack in ``run_dir`` (default: the current run), from its state file."""
+    run = _resolve_run_dir(run_dir)
+    state = _read_state(run)
+    if state.get("status") == "down":
+        raise NotUp(f"the stack in {run} is down; start one with `testbed up`")
+    # JSON is YAML, and keeps the components' order (their ports depend on it).
+    topo = parse_topology(json.dumps(state["topology"]), str(run / STATE_FILE))
+    plan = build_plan(
+        topo, base_port=int(state["base_port"]), run_dir=run, jaeger=bool(state.get("jaeger"))
+    )
+    return Stack(
+        run_dir=run,
+        plan=plan,
+        state=state,
+        supervisor=Supervisor(Path(state["socket"])),
+        progress=progress,
+    )
+
+
+def _marked_pids(run_dir: Path) -> list[int]:
+    """Processes whose environment carries this stack's marker (what supervisord started)."""
+    marker = f"{MARKER_ENV}={run_dir}".encode()
+    pids = []
+    me = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            environ = Path(f"/proc/{entry.name}/environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0") and _pid_alive(int(entry.name)):
+            pids.append(int(entry.name))
+    return pids
+
+
+def down(run_dir: Path | None = None, *, progress: Progress = _quiet) -> int:
+    """Stop everything the stack started (also after a CLI crash); returns processes killed
+    by force. Leaves the run folder (logs, data) but no process, socket or pointer."""
+    run = _resolve_run_dir(run_dir)
+    try:
+        state = _read_state(run)
+    except NotUp:
+        state = {}
+    socket = Path(state.get("socket") or socket_path_for(run))
+    supervisor = Supervisor(socket, timeout=10.0)
+    pid = state.get("supervisord_pid")
+    if socket.exists():
+        try:
+            pid = pid or supervisor.call("getPID")
+            progress("stopping every process (graceful)")
+            supervisor.call("shutdown")
+        except SupervisorError:
+            progress("supervisord is not answering; stopping processes directly")
+    if isinstance(pid, int):
+        deadline = time.monotonic() + 30
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    forced = 0
+    strays = _marked_pids(run)
+    if strays:
+        progress(f"terminating {len(strays)} leftover processes")
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for p in strays:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(p, signal.SIGCONT)
+                    os.kill(p, sig)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and any(_pid_alive(p) for p in strays):
+                time.sleep(0.1)
+            strays = [p for p in strays if _pid_alive(p)]
+            if not strays:
+                break
+            forced += len(strays)
+    for leftover in (socket, run / "supervisord.pid"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+    if state:
+        state["status"] = "down"
+        state["stopped_at"] = time.time()
+        _write_state(run, state)
+    _clear_pointer(run)
+    return forced
