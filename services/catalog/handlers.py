@@ -1,0 +1,90 @@
+"""Catalog's RPC methods: thin — parse (done by the RPC layer), query the store, answer.
+
+List and detail answers carry ``Cache-Control`` and a strong ``ETag`` (a hash of the answer's
+body), so the CDN can cache them and revalidate.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from mesh.rpc import CallContext, RpcService
+from services.catalog.api import (
+    SERVICE,
+    AuditRequest,
+    CatalogAudit,
+    GetProductRequest,
+    GetProductResponse,
+    ListProductsRequest,
+    ListProductsResponse,
+)
+from services.catalog.config import Config
+from services.catalog.store import CatalogStore
+from services.common.errors import InvalidArgument, NotFound
+from services.common.runtime import rpc_errors
+
+STORE_KEY = web.AppKey("catalog_store", CatalogStore)
+CONFIG_KEY = web.AppKey("catalog_config", Config)
+
+service = RpcService(SERVICE)
+
+
+def etag_of(message: BaseModel) -> str:
+    return '"' + hashlib.sha256(message.model_dump_json().encode()).hexdigest()[:32] + '"'
+
+
+def _cacheable(ctx: CallContext, message: BaseModel) -> None:
+    ctx.response_headers["Cache-Control"] = ctx.app[CONFIG_KEY].cache_control
+    ctx.response_headers["ETag"] = etag_of(message)
+
+
+def encode_token(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+
+
+def decode_token(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except ValueError:  # binascii.Error and UnicodeDecodeError included
+        raise InvalidArgument(
+            "page_token is not one this service gave out; pass next_page_token unchanged"
+        ) from None
+
+
+@service.method("ListProducts", idempotent=True)
+async def list_products(req: ListProductsRequest, ctx: CallContext) -> ListProductsResponse:
+    with rpc_errors():
+        after = decode_token(req.page_token)
+    products, more = await ctx.app[STORE_KEY].list_products(
+        after=after, limit=req.page_size, category=req.category
+    )
+    answer = ListProductsResponse(
+        products=products,
+        next_page_token=encode_token(products[-1].product_id) if more and products else "",
+    )
+    _cacheable(ctx, answer)
+    return answer
+
+
+@service.method("GetProduct", idempotent=True)
+async def get_product(req: GetProductRequest, ctx: CallContext) -> GetProductResponse:
+    product = await ctx.app[STORE_KEY].get_product(req.product_id)
+    if product is None:
+        with rpc_errors():
+            raise NotFound(f"product {req.product_id} does not exist; list them with ListProducts")
+    answer = GetProductResponse(product=product)
+    _cacheable(ctx, answer)
+    return answer
+
+
+@service.method("Audit", idempotent=True)
+async def audit(req: AuditRequest, ctx: CallContext) -> CatalogAudit:
+    products = await ctx.app[STORE_KEY].all_products()
+    return CatalogAudit(taken_at=time.time(), products=products)

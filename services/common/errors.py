@@ -1,0 +1,40 @@
+"""Domain errors of the services, free of HTTP and RPC; handlers turn them into ``RpcError``.
+
+Each carries the RPC code it maps to (``Code`` values of ``mesh.rpc``) and a message a person
+can act on. Raising one inside a write transaction rolls it back, so a refused request writes
+nothing.
+"""
+
+from __future__ import annotations
+
+from mesh.errors import TestbedError
+
+
+class DomainError(TestbedError):
+    """A request the service refuses on purpose; ``code`` is the RPC code to answer with."""
+
+    code = "unknown"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(DomainError):
+    code = "invalid_argument"
+
+
+class NotFound(DomainError):
+    code = "not_found"
+
+
+class AlreadyExists(DomainError):
+    code = "already_exists"
+
+
+class FailedPrecondition(DomainError):
+    code = "failed_precondition"
+
+
+class Unavailable(DomainError):
+    code = "unavailable"
