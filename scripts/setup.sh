@@ -118,4 +118,22 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
   fi
 fi
 say "prometheus $(prometheus --version 2>&1 | head -n1 | awk '{print $3}') on PATH"
+
+# --- Debian tools the tests and benchmarks use: Chromium (storefront browser test), HAProxy and wrk
+# (side-by-side benchmarks). Installed when missing and we are root; otherwise named.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+if (( ${#missing[@]} )); then
+  if [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null 2>&1; then
+    say "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } \
+      || die "apt-get install ${missing[*]} failed: check the network to Debian's mirrors, then re-run make setup"
+    pkill -x haproxy >/dev/null 2>&1 || true
+  else
+    say "warning: ${missing[*]} missing: 'sudo apt-get install ${missing[*]}' (the browser test is skipped and the benchmarks say so without them)"
+  fi
+fi
 say "ready"
