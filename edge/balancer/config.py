@@ -1,0 +1,107 @@
+"""The load balancer's settings, read once from the environment.
+
+Besides the common ``TESTBED_*`` variables (``mesh.process``; ``TESTBED_UPSTREAMS`` lists the
+gateway replicas for static discovery):
+
+``BALANCER_UPSTREAM``            service name of the instances to balance (default ``gateway``)
+``BALANCER_POLICY``              ``round_robin`` (default), ``least_request``, ``consistent_hash``
+``BALANCER_HASH_HEADER``         consistent_hash key: this request header (default: client address)
+``BALANCER_HEALTH_PATH``         active health check path (default ``/readyz``)
+``BALANCER_HEALTH_INTERVAL``     seconds between checks of each instance (default 0.5)
+``BALANCER_HEALTH_TIMEOUT``      deadline of one check (default 0.5)
+``BALANCER_HEALTH_FALL``         failed checks in a row that take an instance out (default 2)
+``BALANCER_HEALTH_RISE``         passed checks in a row that put it back (default 2)
+``BALANCER_CONNECT_TIMEOUT``     deadline to get a connection to an instance (default 1.0)
+``BALANCER_READ_TIMEOUT``        longest silence while waiting for/reading an answer, -> 504
+                                 (default 30)
+``BALANCER_TOTAL_TIMEOUT``       cap on one whole upstream exchange (default 300)
+``BALANCER_POOL_SIZE``           keep-alive connections in total (default 512)
+``BALANCER_POOL_PER_HOST``       ... per instance (default 128)
+``BALANCER_RETRIES``             extra attempts on another instance when safe (default 2)
+``BALANCER_OUTLIER_FAILURES``    consecutive failures that eject an instance (default 3)
+``BALANCER_EJECTION_SECONDS``    base ejection time (default 5)
+``BALANCER_BUFFER_BYTES``        bodies up to this size are read whole (fast path, and a
+                                 request body can be replayed on a retry); larger ones stream
+                                 (default 65536)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from mesh.balancing import POLICIES
+from mesh.errors import ConfigError
+from mesh.process import ProcessConfig
+
+
+def _num(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class BalancerConfig:
+    """Everything the load balancer reads from its environment."""
+
+    process: ProcessConfig
+    upstream: str = "gateway"
+    policy: str = "round_robin"
+    hash_header: str | None = None
+    health_path: str = "/readyz"
+    health_interval: float = 0.5
+    health_timeout: float = 0.5
+    health_fall: int = 2
+    health_rise: int = 2
+    connect_timeout: float = 1.0
+    read_timeout: float = 30.0
+    total_timeout: float = 300.0
+    pool_size: int = 512
+    pool_per_host: int = 128
+    retries: int = 2
+    outlier_failures: int = 3
+    ejection_seconds: float = 5.0
+    buffer_bytes: int = 65_536
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ConfigError(
+                f"BALANCER_POLICY={self.policy!r} is unknown; use one of {', '.join(POLICIES)}"
+            )
+        if not self.health_path.startswith("/"):
+            raise ConfigError(f"BALANCER_HEALTH_PATH={self.health_path!r} must start with '/'")
+        if self.health_fall < 1 or self.health_rise < 1:
+            raise ConfigError("BALANCER_HEALTH_FALL and BALANCER_HEALTH_RISE must be at least 1")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> BalancerConfig:
+        e = os.environ if env is None else env
+        return cls(
+            process=ProcessConfig.from_env("balancer", e),
+            upstream=e.get("BALANCER_UPSTREAM") or "gateway",
+            policy=e.get("BALANCER_POLICY") or "round_robin",
+            hash_header=e.get("BALANCER_HASH_HEADER") or None,
+            health_path=e.get("BALANCER_HEALTH_PATH") or "/readyz",
+            health_interval=_num(e, "BALANCER_HEALTH_INTERVAL", 0.5, minimum=0.01),
+            health_timeout=_num(e, "BALANCER_HEALTH_TIMEOUT", 0.5, minimum=0.01),
+            health_fall=int(_num(e, "BALANCER_HEALTH_FALL", 2, minimum=1)),
+            health_rise=int(_num(e, "BALANCER_HEALTH_RISE", 2, minimum=1)),
+            connect_timeout=_num(e, "BALANCER_CONNECT_TIMEOUT", 1.0, minimum=0.01),
+            read_timeout=_num(e, "BALANCER_READ_TIMEOUT", 30.0, minimum=0.01),
+            total_timeout=_num(e, "BALANCER_TOTAL_TIMEOUT", 300.0, minimum=0.01),
+            pool_size=int(_num(e, "BALANCER_POOL_SIZE", 512, minimum=1)),
+            pool_per_host=int(_num(e, "BALANCER_POOL_PER_HOST", 128, minimum=1)),
+            retries=int(_num(e, "BALANCER_RETRIES", 2)),
+            outlier_failures=int(_num(e, "BALANCER_OUTLIER_FAILURES", 3, minimum=1)),
+            ejection_seconds=_num(e, "BALANCER_EJECTION_SECONDS", 5.0, minimum=0.01),
+            buffer_bytes=int(_num(e, "BALANCER_BUFFER_BYTES", 65_536)),
+        )

@@ -1,0 +1,81 @@
+"""Build a CDN PoP's app: the process kit plus one catch-all caching route, and its admin app.
+
+Everything hangs off the app: the byte-bounded store, the origin ``ClientSession`` (opened and
+closed in a ``cleanup_ctx``), the ``EdgeCache`` handler and the metrics. ``/healthz``,
+``/readyz`` and ``/metrics`` are the PoP's own; every other path goes through the cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
+
+from edge.cdn.admin import make_purge_handler
+from edge.cdn.cache import EdgeCache
+from edge.cdn.config import CdnConfig
+from edge.cdn.metrics import CdnMetrics
+from edge.cdn.store import CacheStore
+from observability.app import REGISTRY_KEY, create_admin_app, create_base_app
+
+STORE_KEY = web.AppKey("cdn_store", CacheStore)
+CACHE_KEY = web.AppKey("cdn_cache", EdgeCache)
+METRICS_KEY = web.AppKey("cdn_metrics", CdnMetrics)
+
+
+def origin_session(config: CdnConfig) -> aiohttp.ClientSession:
+    """Keep-alive pool to the origin: one per app, bounded, with deadlines."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=config.pool_size, keepalive_timeout=30.0, ttl_dns_cache=300
+        ),
+        timeout=aiohttp.ClientTimeout(
+            total=config.total_timeout,
+            sock_connect=config.connect_timeout,
+            sock_read=config.origin_timeout,
+        ),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+    )
+
+
+def create_app(
+    config: CdnConfig,
+    *,
+    registry: CollectorRegistry | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> web.Application:
+    app = create_base_app(config.process, registry=registry, tracer_provider=tracer_provider)
+    store = CacheStore(max_bytes=config.cache_bytes, max_object_bytes=config.max_object_bytes)
+    app[STORE_KEY] = store
+    app[METRICS_KEY] = CdnMetrics(app[REGISTRY_KEY], store)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        session = origin_session(config)
+        cache = EdgeCache(config, store, session, app[METRICS_KEY])
+        app[CACHE_KEY] = cache
+        try:
+            yield
+        finally:
+            await cache.close()
+            await session.close()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await request.app[CACHE_KEY].handle(request)
+
+    app.cleanup_ctx.append(resources)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+def create_admin(app: web.Application) -> web.Application:
+    """The admin API (faults, and ``POST /admin/purge``) for a PoP app."""
+    admin = create_admin_app(app)
+    metrics = app[METRICS_KEY]
+    admin.router.add_post("/admin/purge", make_purge_handler(app[STORE_KEY], metrics.purged.inc))
+    return admin
