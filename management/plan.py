@@ -214,6 +214,11 @@ def build_plan(
             }
             if static:
                 env["TESTBED_UPSTREAMS"] = static
+            overrides = topology.resilience_overrides_of(name)
+            if overrides:
+                env["TESTBED_RESILIENCE_OVERRIDES"] = ",".join(
+                    f"{target}={profile}" for target, profile in sorted(overrides.items())
+                )
             if registry_url and comp.kind != "registry":
                 env["TESTBED_REGISTRY_URL"] = registry_url
             if comp.kind == "registry":

@@ -132,10 +132,12 @@ class Component(_Model):
 
 
 class Link(_Model):
-    """A call path ``from`` -> ``to``; ``faults`` lists what chaos may inject on it."""
+    """A call path ``from`` -> ``to``; ``faults`` lists what chaos may inject on it;
+    ``resilience`` overrides the caller's profile for calls on this link only."""
 
     source: str = Field(alias="from")
     target: str = Field(alias="to")
+    resilience: Literal["none", "basic", "full"] | None = None
     faults: tuple[Literal[LINK_FAULTS], ...] = ()  # type: ignore[valid-type]
 
 
@@ -162,6 +164,14 @@ class Topology(_Model):
 
     def resilience_of(self, name: str) -> str:
         return self.components[name].resilience or self.defaults.resilience
+
+    def resilience_overrides_of(self, name: str) -> dict[str, str]:
+        """Per-upstream profiles of component ``name``, from its links' ``resilience``."""
+        return {
+            link.target: link.resilience
+            for link in self.links
+            if link.source == name and link.resilience is not None
+        }
 
     def consistency_of(self, name: str) -> str:
         return self.components[name].consistency or self.defaults.consistency

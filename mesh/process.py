@@ -21,6 +21,8 @@ Variables (all optional except where noted):
 ``TESTBED_REGISTRY_URL``   base URL of the registry (unset: static discovery only)
 ``TESTBED_UPSTREAMS``      static discovery: ``svc=host:port,host:port;svc2=host:port``
 ``TESTBED_RESILIENCE``     resilience profile for outbound calls: ``none``, ``basic``, ``full``
+``TESTBED_RESILIENCE_OVERRIDES``  per-upstream profiles that win over the one above, e.g.
+                           ``payments=none,inventory=basic`` (from the topology's links)
 ``TESTBED_LOG_FORMAT``     ``json``, ``console`` or ``auto`` (JSON when not on a terminal)
 ``TESTBED_LOG_LEVEL``      ``debug``, ``info`` (default), ``warning``, ``error``
 ``TESTBED_DRAIN_SECONDS``  how long shutdown waits for in-flight requests (default 5)
@@ -55,6 +57,23 @@ def _parse_upstreams(raw: str) -> dict[str, tuple[str, ...]]:
             if not colon or not host or not port.isdigit():
                 raise ConfigError(f"TESTBED_UPSTREAMS: {addr!r} is not 'host:port'")
         result[name.strip()] = addrs
+    return result
+
+
+def _parse_overrides(raw: str) -> dict[str, str]:
+    """Parse ``svc=profile,svc2=profile`` (per-upstream resilience profiles)."""
+    result: dict[str, str] = {}
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, profile = part.partition("=")
+        if not sep or not name.strip() or profile.strip() not in RESILIENCE_PROFILES:
+            raise ConfigError(
+                f"TESTBED_RESILIENCE_OVERRIDES: {part!r} is not 'service=profile' with a profile "
+                f"among {', '.join(RESILIENCE_PROFILES)}"
+            )
+        result[name.strip()] = profile.strip()
     return result
 
 
@@ -94,6 +113,7 @@ class ProcessConfig:
     registry_url: str | None = None
     upstreams: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     resilience: str = "full"
+    resilience_overrides: Mapping[str, str] = field(default_factory=dict)
     log_format: str = "auto"
     log_level: str = "info"
     drain_seconds: float = 5.0
@@ -111,6 +131,10 @@ class ProcessConfig:
         for name, value in (("port", self.port), ("admin port", self.admin_port)):
             if value is not None and not 0 <= value <= 65535:
                 raise ConfigError(f"{name} {value} is out of range 0-65535")
+
+    def resilience_for(self, upstream: str) -> str:
+        """The resilience profile this process uses when calling ``upstream``."""
+        return self.resilience_overrides.get(upstream, self.resilience)
 
     @property
     def advertised_address(self) -> str:
@@ -136,6 +160,7 @@ class ProcessConfig:
             registry_url=e.get("TESTBED_REGISTRY_URL") or None,
             upstreams=_parse_upstreams(e.get("TESTBED_UPSTREAMS", "")),
             resilience=e.get("TESTBED_RESILIENCE") or "full",
+            resilience_overrides=_parse_overrides(e.get("TESTBED_RESILIENCE_OVERRIDES", "")),
             log_format=e.get("TESTBED_LOG_FORMAT") or "auto",
             log_level=(e.get("TESTBED_LOG_LEVEL") or "info").lower(),
             drain_seconds=_float(e, "TESTBED_DRAIN_SECONDS", 5.0),

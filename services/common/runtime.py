@@ -74,7 +74,7 @@ def rpc_client(app: web.Application, service: str, process: ProcessConfig) -> Rp
         app[HTTP_SESSION_KEY],
         app[DISCOVERY_KEY],
         service,
-        profile=profile_named(process.resilience),
+        profile=profile_named(process.resilience_for(service)),
         registry=app[REGISTRY_KEY],
         tracer_provider=app[TRACER_PROVIDER_KEY],
         caller=process.service,

@@ -1,0 +1,70 @@
+"""The shared process config: read once from the environment, bad values named with the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from management.plan import build_plan
+from management.topology import parse_topology
+from mesh.errors import ConfigError
+from mesh.process import ProcessConfig
+
+
+def test_defaults_and_upstreams() -> None:
+    config = ProcessConfig.from_env(
+        "orders",
+        {"TESTBED_PORT": "8080", "TESTBED_UPSTREAMS": "payments=127.0.0.1:1,127.0.0.1:2;inv=h:3"},
+    )
+    assert config.instance_id == "orders-8080"
+    assert config.upstreams == {"payments": ("127.0.0.1:1", "127.0.0.1:2"), "inv": ("h:3",)}
+    assert config.advertised_address == "127.0.0.1:8080"
+    assert config.admin_port is None
+
+
+def test_resilience_overrides_win_per_upstream() -> None:
+    config = ProcessConfig.from_env(
+        "orders",
+        {"TESTBED_RESILIENCE": "basic", "TESTBED_RESILIENCE_OVERRIDES": "payments=none"},
+    )
+    assert config.resilience_for("payments") == "none"
+    assert config.resilience_for("inventory") == "basic"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"TESTBED_PORT": "http"}, "TESTBED_PORT"),
+        ({"TESTBED_PORT": "70000"}, "port 70000"),
+        ({"TESTBED_RESILIENCE": "strong"}, "strong"),
+        ({"TESTBED_RESILIENCE_OVERRIDES": "payments=fast"}, "payments=fast"),
+        ({"TESTBED_UPSTREAMS": "payments=nohostport"}, "nohostport"),
+        ({"TESTBED_LOG_FORMAT": "xml"}, "xml"),
+    ],
+)
+def test_bad_values_are_named(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        ProcessConfig.from_env("orders", env)
+
+
+def test_link_resilience_reaches_the_callers_environment(tmp_path: Path) -> None:
+    topology = parse_topology(
+        """
+components:
+  registry: {kind: registry}
+  payments: {kind: service}
+  inventory: {kind: service}
+  orders: {kind: service}
+links:
+  - {from: orders, to: payments, resilience: none}
+  - {from: orders, to: inventory}
+""",
+        "inline.yaml",
+    )
+    plan = build_plan(topology, base_port=30000, run_dir=tmp_path)
+    orders = next(i for i in plan.instances if i.component == "orders")
+    assert orders.env["TESTBED_RESILIENCE_OVERRIDES"] == "payments=none"
+    config = ProcessConfig.from_env("orders", orders.env)
+    assert config.resilience_for("payments") == "none"
+    assert config.resilience_for("inventory") == "full"
