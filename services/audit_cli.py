@@ -3,7 +3,9 @@
 The lead wires the ``audit`` command object into ``management.cli``. Where the services are:
 ``--orders/--inventory/--payments/--catalog`` (``host:port`` or URL, each also from an
 environment variable), else ``TESTBED_UPSTREAMS`` (the static discovery format,
-``svc=host:port;...``).
+``svc=host:port;...``), else the stack that ``testbed up`` started (``--run-dir`` or the current
+one): the audit then reads each service's first instance directly, not through Toxiproxy, so an
+injected network fault cannot hide the data.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import json
 import os
 import sys
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -23,7 +26,24 @@ from services.audit import run_audit_at
 from services.audit_checks import AuditReport
 
 
-def _addresses(options: dict[str, str | None]) -> dict[str, str]:
+def _stack_addresses(run_dir: Path | None) -> dict[str, str]:
+    """First instance of each service in the running stack (``{}`` when no stack is up)."""
+    from management.stack import current_run_dir, open_stack
+
+    if run_dir is None and current_run_dir() is None:
+        return {}
+    stack = open_stack(run_dir)
+    found: dict[str, str] = {}
+    for inst in stack.plan.instances:
+        if inst.component in _AUDITED and inst.component not in found:
+            found[inst.component] = inst.address
+    return found
+
+
+_AUDITED = ("orders", "inventory", "payments", "catalog")
+
+
+def _addresses(options: dict[str, str | None], run_dir: Path | None) -> dict[str, str]:
     upstreams = ProcessConfig.from_env("audit", os.environ).upstreams
     addresses: dict[str, str] = {}
     for name, given in options.items():
@@ -31,11 +51,14 @@ def _addresses(options: dict[str, str | None]) -> dict[str, str]:
             addresses[name] = given
         elif upstreams.get(name):
             addresses[name] = upstreams[name][0]
+    if run_dir is not None or any(n not in addresses for n in _AUDITED):
+        for name, address in _stack_addresses(run_dir).items():
+            addresses.setdefault(name, address)
     missing = [n for n in ("orders", "inventory", "payments") if n not in addresses]
     if missing:
         raise ConfigError(
-            f"where is {', '.join(missing)}? pass --{missing[0]} host:port"
-            " (or set TESTBED_UPSTREAMS)"
+            f"where is {', '.join(missing)}? start the stack with `testbed up`, or pass "
+            f"--{missing[0]} host:port (or set TESTBED_UPSTREAMS)"
         )
     return addresses
 
@@ -72,6 +95,11 @@ def render(report: AuditReport, console: Console) -> None:
 @click.option("--catalog", envvar="TESTBED_AUDIT_CATALOG", help="catalog (optional)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("--deadline", default=15.0, show_default=True, help="seconds for the whole audit")
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="audit the stack of this run folder (default: the current stack)",
+)
 def audit(
     orders: str | None,
     inventory: str | None,
@@ -79,6 +107,7 @@ def audit(
     catalog: str | None,
     as_json: bool,
     deadline: float,
+    run_dir: Path | None,
 ) -> None:
     """Check that orders, payments and stock agree; exit 0 when every check holds, else 1.
 
@@ -87,7 +116,8 @@ def audit(
     charge or reservation for an unknown order; no order charged twice.
     """
     addresses = _addresses(
-        {"orders": orders, "inventory": inventory, "payments": payments, "catalog": catalog}
+        {"orders": orders, "inventory": inventory, "payments": payments, "catalog": catalog},
+        run_dir,
     )
     report = asyncio.run(run_audit_at(addresses, deadline_seconds=deadline))
     if as_json:
