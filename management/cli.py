@@ -284,9 +284,12 @@ def down(run_dir: Path | None) -> None:
 
 def _add_component_commands() -> None:
     """Commands implemented next to what they drive (kept out of this file's imports at top)."""
+    from chaos.cli import chaos, load
+    from chaos.demo import demo
     from services.audit_cli import audit
 
-    cli.add_command(audit)
+    for command in (audit, chaos, load, demo):
+        cli.add_command(command)
 
 
 _add_component_commands()
