@@ -591,6 +591,9 @@ def _jaeger_config(plan: Plan) -> str:
         },
         "extensions": {
             "jaeger_query": {
+                # Off: Jaeger would trace its own queries to an OTLP collector on :4317 that
+                # is not there, and then wait for it when stopped.
+                "enable_tracing": False,
                 "storage": {"traces": "memstore"},
                 "http": {"endpoint": f"{LOCALHOST}:{infra.jaeger_ui}"},
                 "grpc": {"endpoint": f"{LOCALHOST}:{plan.base_port + 5}"},
@@ -818,6 +821,27 @@ def _marked_pids(run_dir: Path) -> list[int]:
     return pids
 
 
+def _stop_in_parallel(supervisor: Supervisor, *, keep: Sequence[str], within: float = 20.0) -> None:
+    """Stop every program not named by (or starting with) one of ``keep``, all at once, and
+    wait until they have stopped."""
+    names = [
+        f"{info['group']}:{info['name']}"
+        for info in supervisor.call("getAllProcessInfo")
+        if not info["name"].startswith(tuple(keep))
+        and info["statename"] in ("RUNNING", "STARTING", "BACKOFF")
+    ]
+    for name in names:
+        with contextlib.suppress(SupervisorError):
+            supervisor.call("stopProcess", name, False)
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        infos = supervisor.call("getAllProcessInfo")
+        states = {f"{i['group']}:{i['name']}": i["statename"] for i in infos}
+        if all(states.get(n) not in ("RUNNING", "STARTING", "STOPPING", "BACKOFF") for n in names):
+            return
+        time.sleep(0.1)
+
+
 def down(run_dir: Path | None = None, *, progress: Progress = _quiet) -> int:
     """Stop everything the stack started (also after a CLI crash); returns processes killed
     by force. Leaves the run folder (logs, data) but no process, socket or pointer."""
@@ -833,6 +857,15 @@ def down(run_dir: Path | None = None, *, progress: Progress = _quiet) -> int:
         try:
             pid = pid or supervisor.call("getPID")
             progress("stopping every process (graceful)")
+            # Applications first and in parallel (supervisord's own shutdown stops one program
+            # after the other), while the registry still takes their deregistrations and
+            # Jaeger their last spans; then the rest.
+            # (supervisord's shutdown would also spend a second per program already stopped,
+            # so every phase is done here and shutdown finds nothing left to stop.)
+            with contextlib.suppress(SupervisorError):
+                _stop_in_parallel(supervisor, keep=(*_INFRA_PROGRAMS, "registry-"))
+                _stop_in_parallel(supervisor, keep=_INFRA_PROGRAMS)
+                _stop_in_parallel(supervisor, keep=())
             supervisor.call("shutdown")
         except SupervisorError:
             progress("supervisord is not answering; stopping processes directly")

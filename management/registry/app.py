@@ -14,7 +14,7 @@ from management.registry import routes
 from management.registry.config import RegistryConfig
 from management.registry.handlers import CONFIG, STORE
 from management.registry.store import RegistryStore
-from observability.app import REGISTRY_KEY, create_base_app
+from observability.app import DRAIN_HOOKS_KEY, REGISTRY_KEY, create_base_app
 from observability.logs import get_logger
 
 log = get_logger(__name__)
@@ -59,4 +59,10 @@ def create_app(
     app[STORE] = RegistryStore(max_instances=config.max_instances)
     routes.add_routes(app)
     app.cleanup_ctx.append(_sweeper)
+
+    async def release_watchers(app: web.Application) -> None:
+        # Long polls would hold the drain open for up to max_wait: answer them now.
+        app[STORE].release_watchers()
+
+    app[DRAIN_HOOKS_KEY].append(release_watchers)
     return app

@@ -77,6 +77,7 @@ class RegistryStore:
     _service_index: dict[str, int] = field(default_factory=dict)
     _tombstones: dict[tuple[str, str, str], float] = field(default_factory=dict)
     _changed: asyncio.Event | None = None
+    _closing: bool = False
     _count: int = 0
 
     # ---- changes ---------------------------------------------------------------------------
@@ -195,6 +196,12 @@ class RegistryStore:
     def services(self) -> dict[str, list[Record]]:
         return {s: self.instances(s) for s in sorted(self._services) if self._services[s]}
 
+    def release_watchers(self) -> None:
+        """Answer every long poll now and every later one at once (the registry is draining)."""
+        self._closing = True
+        if self._changed is not None:
+            self._changed.set()
+
     async def wait_for_change(self, service: str, index: int, wait: float) -> int:
         """Wait until ``service``'s index passes ``index`` (or ``wait`` runs out).
 
@@ -202,7 +209,7 @@ class RegistryStore:
         again) is answered at once, so a watcher never hangs on a number that cannot come.
         """
         deadline = self.clock() + wait
-        while self.service_index(service) <= index <= self.index:
+        while not self._closing and self.service_index(service) <= index <= self.index:
             remaining = deadline - self.clock()
             if remaining <= 0:
                 break
