@@ -282,6 +282,34 @@ def down(run_dir: Path | None) -> None:
     click.echo(f"stack in {run} is down{extra}; logs and data stay there")
 
 
+@cli.command()
+@click.option(
+    "--topology",
+    "topology",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Topology YAML (default: the one shipped with the package).",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder to write into (default: compose/ of the checkout, else ./compose-out).",
+)
+def compose(topology: Path | None, out: Path | None) -> None:
+    """Write the Docker Compose files (containers, Toxiproxy, Jaeger, Prometheus, Grafana)."""
+    from management.compose import default_out_dir, render_compose
+    from management.topology import load_topology
+
+    target = out or default_out_dir()
+    written = render_compose(load_topology(topology), out_dir=target)
+    click.echo(f"wrote {len(written)} files to {target}")
+    for path in written:
+        click.echo(f"  {path.relative_to(target)}")
+    click.echo(f"run it where Docker is: docker compose -f {target / 'docker-compose.yaml'} up")
+
+
 def _add_component_commands() -> None:
     """Commands implemented next to what they drive (kept out of this file's imports at top)."""
     from chaos.cli import chaos, load
