@@ -214,6 +214,11 @@ def build_plan(
             }
             if static:
                 env["TESTBED_UPSTREAMS"] = static
+            per_try = topology.per_try_timeouts_of(name)
+            if per_try:
+                env["TESTBED_PER_TRY_TIMEOUT_MS"] = ",".join(
+                    f"{target}={ms}" for target, ms in sorted(per_try.items())
+                )
             overrides = topology.resilience_overrides_of(name)
             if overrides:
                 env["TESTBED_RESILIENCE_OVERRIDES"] = ",".join(

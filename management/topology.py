@@ -133,11 +133,13 @@ class Component(_Model):
 
 class Link(_Model):
     """A call path ``from`` -> ``to``; ``faults`` lists what chaos may inject on it;
-    ``resilience`` overrides the caller's profile for calls on this link only."""
+    ``resilience`` overrides the caller's profile for calls on this link only, and
+    ``per_try_timeout_ms`` how long one try may take before a retry goes elsewhere."""
 
     source: str = Field(alias="from")
     target: str = Field(alias="to")
     resilience: Literal["none", "basic", "full"] | None = None
+    per_try_timeout_ms: int | None = Field(default=None, gt=0, le=60_000)
     faults: tuple[Literal[LINK_FAULTS], ...] = ()  # type: ignore[valid-type]
 
 
@@ -164,6 +166,14 @@ class Topology(_Model):
 
     def resilience_of(self, name: str) -> str:
         return self.components[name].resilience or self.defaults.resilience
+
+    def per_try_timeouts_of(self, name: str) -> dict[str, int]:
+        """Per-upstream per-try timeouts (ms) of component ``name``, from its links."""
+        return {
+            link.target: link.per_try_timeout_ms
+            for link in self.links
+            if link.source == name and link.per_try_timeout_ms is not None
+        }
 
     def resilience_overrides_of(self, name: str) -> dict[str, str]:
         """Per-upstream profiles of component ``name``, from its links' ``resilience``."""

@@ -183,6 +183,9 @@ class RpcClient:
             breaker = self.breaker
             gauge = self._metrics.breaker_state.labels(service)
             gauge.set_function(lambda: float(breaker.peek_state()) if breaker else 0.0)
+            # Start the ejection counter at 0, so the first ejection is an increase that
+            # Prometheus' increase()/rate() can see (a series born at 1 shows no increase).
+            self._metrics.ejections.labels(service)
 
     # -- public --------------------------------------------------------------------------
 

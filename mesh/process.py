@@ -23,6 +23,8 @@ Variables (all optional except where noted):
 ``TESTBED_RESILIENCE``     resilience profile for outbound calls: ``none``, ``basic``, ``full``
 ``TESTBED_RESILIENCE_OVERRIDES``  per-upstream profiles that win over the one above, e.g.
                            ``payments=none,inventory=basic`` (from the topology's links)
+``TESTBED_PER_TRY_TIMEOUT_MS``  per-upstream per-try timeouts of retried calls, e.g.
+                           ``payments=250``: past it, the retry goes to another instance
 ``TESTBED_LOG_FORMAT``     ``json``, ``console`` or ``auto`` (JSON when not on a terminal)
 ``TESTBED_LOG_LEVEL``      ``debug``, ``info`` (default), ``warning``, ``error``
 ``TESTBED_DRAIN_SECONDS``  how long shutdown waits for in-flight requests (default 5)
@@ -77,6 +79,26 @@ def _parse_overrides(raw: str) -> dict[str, str]:
     return result
 
 
+def _parse_per_try(raw: str) -> dict[str, float]:
+    """Parse ``svc=ms,svc2=ms`` into seconds per upstream."""
+    result: dict[str, float] = {}
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, ms = part.partition("=")
+        try:
+            value = float(ms)
+        except ValueError:
+            value = -1.0
+        if not sep or not name.strip() or value <= 0:
+            raise ConfigError(
+                f"TESTBED_PER_TRY_TIMEOUT_MS: {part!r} is not 'service=milliseconds' (above 0)"
+            )
+        result[name.strip()] = value / 1000
+    return result
+
+
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -114,6 +136,7 @@ class ProcessConfig:
     upstreams: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     resilience: str = "full"
     resilience_overrides: Mapping[str, str] = field(default_factory=dict)
+    per_try_timeouts: Mapping[str, float] = field(default_factory=dict)
     log_format: str = "auto"
     log_level: str = "info"
     drain_seconds: float = 5.0
@@ -161,6 +184,7 @@ class ProcessConfig:
             upstreams=_parse_upstreams(e.get("TESTBED_UPSTREAMS", "")),
             resilience=e.get("TESTBED_RESILIENCE") or "full",
             resilience_overrides=_parse_overrides(e.get("TESTBED_RESILIENCE_OVERRIDES", "")),
+            per_try_timeouts=_parse_per_try(e.get("TESTBED_PER_TRY_TIMEOUT_MS", "")),
             log_format=e.get("TESTBED_LOG_FORMAT") or "auto",
             log_level=(e.get("TESTBED_LOG_LEVEL") or "info").lower(),
             drain_seconds=_float(e, "TESTBED_DRAIN_SECONDS", 5.0),

@@ -42,11 +42,12 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
 from mesh.balancing import OutlierPolicy
 from mesh.errors import BulkheadFullError, CircuitOpenError, ConfigError
+from mesh.process import ProcessConfig
 
 Clock = Callable[[], float]
 
@@ -150,6 +151,16 @@ PROFILES: dict[str, ResilienceProfile] = {
         outlier=OutlierPolicy(),
     ),
 }
+
+
+def profile_for(process: ProcessConfig, upstream: str) -> ResilienceProfile:
+    """The profile ``process`` applies to calls to ``upstream``: the named profile for that
+    link, with the link's per-try timeout when one is set (and the profile retries)."""
+    profile = profile_named(process.resilience_for(upstream))
+    per_try = process.per_try_timeouts.get(upstream)
+    if per_try is not None and profile.retry is not None:
+        profile = replace(profile, retry=replace(profile.retry, per_try_timeout=per_try))
+    return profile
 
 
 def profile_named(name: str) -> ResilienceProfile:

@@ -10,6 +10,7 @@ from management.plan import build_plan
 from management.topology import parse_topology
 from mesh.errors import ConfigError
 from mesh.process import ProcessConfig
+from mesh.resilience import profile_for, profile_named
 
 
 def test_defaults_and_upstreams() -> None:
@@ -68,3 +69,26 @@ links:
     config = ProcessConfig.from_env("orders", orders.env)
     assert config.resilience_for("payments") == "none"
     assert config.resilience_for("inventory") == "full"
+
+
+def test_link_per_try_timeout_shapes_the_callers_profile(tmp_path: Path) -> None:
+    topology = parse_topology(
+        """
+components:
+  registry: {kind: registry}
+  payments: {kind: service, instances: 2}
+  orders: {kind: service}
+links:
+  - {from: orders, to: payments, per_try_timeout_ms: 250}
+""",
+        "inline.yaml",
+    )
+    plan = build_plan(topology, base_port=30000, run_dir=tmp_path)
+    orders = next(i for i in plan.instances if i.component == "orders")
+    config = ProcessConfig.from_env("orders", orders.env)
+    profile = profile_for(config, "payments")
+    assert profile.retry is not None
+    assert profile.retry.per_try_timeout == 0.25
+    assert profile_for(config, "inventory") == profile_named("full")
+    with pytest.raises(ConfigError, match="payments=fast"):
+        ProcessConfig.from_env("orders", {"TESTBED_PER_TRY_TIMEOUT_MS": "payments=fast"})

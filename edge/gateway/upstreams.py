@@ -24,7 +24,7 @@ from edge.gateway.metrics import GatewayMetrics
 from edge.gateway.problems import ProblemError
 from management.discovery import discovery_for
 from mesh.discovery import Discovery
-from mesh.resilience import ResilienceProfile, profile_named
+from mesh.resilience import ResilienceProfile, profile_for, profile_named
 from mesh.rpc import Code, RpcClient, RpcError
 from observability.keys import REGISTRY_KEY, TRACER_PROVIDER_KEY
 
@@ -71,7 +71,7 @@ async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
                     session,
                     discovery,
                     service,
-                    profile=profile_named(config.process.resilience_for(service)),
+                    profile=profile_for(config.process, service),
                     policy=config.balancing,
                     registry=app[REGISTRY_KEY],
                     tracer_provider=app[TRACER_PROVIDER_KEY],

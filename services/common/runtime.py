@@ -17,7 +17,7 @@ from opentelemetry import context as otel_context
 
 from mesh.discovery import Discovery
 from mesh.process import ProcessConfig
-from mesh.resilience import profile_named
+from mesh.resilience import profile_for
 from mesh.rpc import Code, RpcClient, RpcError
 from observability.app import MAIN_APP_KEY, REGISTRY_KEY, TRACER_PROVIDER_KEY, create_admin_app
 from observability.logs import get_logger
@@ -74,7 +74,7 @@ def rpc_client(app: web.Application, service: str, process: ProcessConfig) -> Rp
         app[HTTP_SESSION_KEY],
         app[DISCOVERY_KEY],
         service,
-        profile=profile_named(process.resilience_for(service)),
+        profile=profile_for(process, service),
         registry=app[REGISTRY_KEY],
         tracer_provider=app[TRACER_PROVIDER_KEY],
         caller=process.service,

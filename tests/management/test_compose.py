@@ -79,10 +79,10 @@ def plan(default_topology: Topology) -> Plan:
 
 # ---- services -----------------------------------------------------------------------------------
 def test_one_service_per_planned_instance_plus_infra(
-    doc: dict[str, Any], plan: Plan, out: Path
+    doc: dict[str, Any], plan: Plan, out: Path, default_topology: Topology
 ) -> None:
     instances = {i.instance_id for i in plan.instances}
-    assert len(instances) == 14
+    assert len(instances) == sum(map(default_topology.instance_count, default_topology.components))
     assert set(doc["services"]) == instances | INFRA
     for inst in plan.instances:
         service = doc["services"][inst.instance_id]
