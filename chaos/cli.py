@@ -1,4 +1,4 @@
-"""``testbed chaos`` (run, validate, list, rollback) and ``testbed load``.
+"""``testbed chaos`` (run, validate, list, rollback, report) and ``testbed load``.
 
 Exit codes of ``chaos run``: 0 passed, 1 failed (the system deviated), 2 aborted, error or an
 invalid file. ``load`` exits non-zero when its SLO gate is missed.
@@ -7,6 +7,8 @@ invalid file. ``load`` exits non-zero when its SLO gate is missed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import sys
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from rich.table import Table
 
 from chaos.execute import find_experiment, rollback_stack, run_on_stack, shipped_experiments
 from chaos.loader import ExperimentError
+from chaos.localize import summary_lines
+from chaos.report import write_report
 from chaos.runner import RunResult
 from load.cli import load
 from mesh.errors import ConfigError
@@ -82,7 +86,15 @@ def print_result(console: Console, result: RunResult) -> None:
     )
     if result.reason and result.verdict.value != "passed":
         console.print(f"  reason: {result.reason}")
+    if result.located is not None:
+        console.print(f"  fault located: {result.located}")
+        with contextlib.suppress(OSError, ValueError):
+            section = json.loads(result.journal_path.read_text("utf-8")).get("localization")
+            for line in summary_lines(section):
+                console.print(f"    {line}", markup=False)
     console.print(f"  journal: {result.journal_path}")
+    if result.report_path is not None:
+        console.print(f"  report:  {result.report_path}")
 
 
 @chaos.command("run")
@@ -113,6 +125,18 @@ def run_cmd(experiment: str, run_dir: Path | None, no_live: bool) -> None:
     )
     print_result(console, result)
     sys.exit(result.exit_code)
+
+
+@chaos.command("report")
+@click.argument("journal", type=click.Path(exists=True, path_type=Path))
+def report_cmd(journal: Path) -> None:
+    """(Re)render the HTML report of a run from its journal.json (or the run's folder)."""
+    path = journal / "journal.json" if journal.is_dir() else journal
+    try:
+        click.echo(write_report(path))
+    except (OSError, ValueError) as exc:
+        click.echo(f"{path}: cannot render a report: {exc}", err=True)
+        sys.exit(2)
 
 
 @chaos.command("rollback")

@@ -25,9 +25,11 @@ from chaos.cli import print_result
 from chaos.execute import run_on_stack, shipped_experiments
 from chaos.journal import Verdict
 from chaos.model import Experiment, FaultStep, ParallelStep, PauseStep, SequenceStep, Step
+from chaos.report import write_demo_index
 from chaos.runner import RunResult
 from management.stack import down, up
 from management.topology import Topology, load_topology
+from mesh.errors import ConfigError
 
 __all__ = ["DEMO_EXPERIMENTS", "demo", "fit_load", "method_seconds", "run_demo"]
 
@@ -66,13 +68,25 @@ def topology_for(base: Topology, exp: Experiment) -> Topology:
     for comp, count in exp.requires.instances.items():
         if topo.instance_count(comp) < count:
             topo = topo.with_instances(comp, count)
+    # One consistency mode runs the whole checkout saga (the topology insists on it), so a
+    # required mode is set for every service at once.
+    modes = set(exp.requires.consistency.values())
+    if len(modes) > 1:
+        raise ConfigError(
+            f"{exp.title}: requires mixes consistency modes ({', '.join(sorted(modes))}); "
+            "every service runs one mode"
+        )
+    if modes:
+        (mode,) = modes
+        defaults = topo.defaults.model_copy(update={"consistency": mode})
+        components = {
+            name: comp.model_copy(update={"consistency": None})
+            for name, comp in topo.components.items()
+        }
+        topo = topo.model_copy(update={"defaults": defaults, "components": components})
     updates: dict[str, dict[str, Any]] = {}
-    for key, wanted in (
-        ("resilience", exp.requires.resilience),
-        ("consistency", exp.requires.consistency),
-    ):
-        for comp, value in wanted.items():
-            updates.setdefault(comp, {})[key] = value
+    for comp, value in exp.requires.resilience.items():
+        updates.setdefault(comp, {})["resilience"] = value
     for comp, fields in updates.items():
         changed = topo.components[comp].model_copy(update=fields)
         topo = topo.model_copy(update={"components": {**topo.components, comp: changed}})
@@ -151,17 +165,20 @@ async def run_demo(
 
 
 def summary_table(results: list[RunResult]) -> Table:
-    table = Table("experiment", "verdict", "outcome", "error ratio", "p99", "audit")
+    table = Table(
+        "experiment", "verdict", "outcome", "error ratio", "p99", "audit", "fault located"
+    )
     for r in results:
         ok = "green" if r.as_expected else "red"
         verdict = r.verdict.value
         table.add_row(
-            r.title,
+            r.source or r.title,
             f"[{ok}]{verdict}[/]",
             r.outcome if r.verdict in (Verdict.PASSED, Verdict.FAILED) else (r.reason or ""),
             "-" if r.error_ratio is None else f"{r.error_ratio:.2%}",
             "-" if r.p99_ms is None else f"{r.p99_ms:.0f} ms",
             r.audit or "-",
+            r.located or "n/a",
         )
     return table
 
@@ -201,5 +218,9 @@ def demo(run_dir: Path | None, base_port: int | None, only: tuple[str, ...]) -> 
         )
     )
     console.print(summary_table(results))
+    try:
+        console.print(f"reports: {write_demo_index(folder, results)}")
+    except OSError as exc:  # the index informs; the verdicts above stand
+        console.print(f"no demo index: {exc}", style="yellow")
     console.print(f"journals and Locust reports: {folder} ({time.monotonic() - started:.0f} s)")
     raise SystemExit(0 if results and all(r.as_expected for r in results) else 1)

@@ -2,7 +2,9 @@
 
 It holds the timeline (each phase with its start and end), every probe's value, every fault —
 written *before* it is applied, then marked applied and rolled back — the load's statistics,
-safeguard trips and the verdict (``passed``, ``failed``, ``aborted``, ``error``). The file is
+safeguard trips, the verdict (``passed``, ``failed``, ``aborted``, ``error``) and the fault
+localisation from traces (``localization``: per applied fault the truth, the ranked suspects
+with their evidence, the truth's rank and score; see ``chaos.localize``). The file is
 rewritten atomically (temporary file, then ``os.replace``) after every change, so a runner that
 crashes leaves a journal from which ``testbed chaos rollback`` can undo what it left behind.
 """
@@ -78,6 +80,7 @@ class Journal:
                 "load": None,
                 "events": [],
                 "stack": None,
+                "localization": None,
             },
         )
         journal.save()

@@ -34,6 +34,7 @@ from chaos.faults.processes import ProcessControl
 from chaos.faults.toxiproxy import ToxiproxyClient
 from chaos.journal import FaultStatus, Journal, Verdict
 from chaos.loader import iter_faults
+from chaos.localize import localize_run, wait_for_span_files
 from chaos.model import (
     Experiment,
     FaultSpec,
@@ -47,6 +48,7 @@ from chaos.model import (
     Step,
 )
 from chaos.probes import AuditFn, AuditOutcome, ProbeContext, ProbeResult, evaluate, probe_label
+from chaos.report import try_write_report
 from chaos.stack import StackInfo
 from chaos.targets import Unit, resolve
 from load.runner import LoadPlan, LocustRun, locust_command
@@ -57,6 +59,8 @@ __all__ = ["RunResult", "Runner", "default_audit", "slug"]
 T = TypeVar("T")
 APPLY_TIMEOUT_S = 30.0
 ROLLBACK_TIMEOUT_S = 30.0
+SPAN_FLUSH_S = 2.5
+"""Processes export spans every second: wait this long after the last fault before reading."""
 
 
 class Aborted(Exception):
@@ -82,6 +86,12 @@ class RunResult:
     error_ratio: float | None = None
     p99_ms: float | None = None
     audit: str | None = None
+    located: str | None = None
+    """Whether the traces located the fault: ``yes (#1)``, ``no (#3)``, ``undetermined``."""
+    report_path: Path | None = None
+    """The run's ``report.html`` (None when it could not be written; the run is unaffected)."""
+    source: str | None = None
+    """Where the experiment came from: a shipped experiment's name or the file given."""
 
     @property
     def exit_code(self) -> int:
@@ -238,7 +248,33 @@ class Runner:
         if self._rollback_errors and verdict is not Verdict.ERROR:
             verdict = Verdict.ERROR
             reason = "rollback failed: " + "; ".join(self._rollback_errors)
-        return self._finish(verdict, reason)
+        await self._localize()
+        result = self._finish(verdict, reason)
+        result.report_path = await asyncio.to_thread(try_write_report, result.journal_path)
+        return result
+
+    async def _localize(self) -> None:
+        """Locate each applied fault from the run's span files (journal ``localization``).
+
+        Skipped when the user interrupted the run (they want it to stop) or when there are no
+        span files (spans went to an OTLP collector instead).
+        """
+        applied = [f for f in self.journal.data["faults"] if f.get("applied_at")]
+        traces_dir = self.stack.run_dir / "traces"
+        if self._interrupted or not applied or not await asyncio.to_thread(traces_dir.is_dir):
+            return
+        with self._phase("localize"):
+            section: dict[str, Any] | None
+            try:
+                last = max(float(f.get("rolled_back_at") or time.time()) for f in applied)
+                await wait_for_span_files(traces_dir, not_before=last + SPAN_FLUSH_S)
+                journal = dict(self.journal.data)
+                section = await asyncio.to_thread(localize_run, self.stack.run_dir, journal)
+            except Exception as exc:  # localisation informs; it never changes the verdict
+                section = {"error": f"{type(exc).__name__}: {exc}", "headline": "error"}
+            if section is not None:
+                self.journal.data["localization"] = section
+                await self.journal.asave()
 
     async def _cleanup(self, monitor: asyncio.Task[None] | None) -> None:
         for fid in list(self.active):
@@ -603,6 +639,7 @@ class Runner:
             outcome=outcome,
             as_expected=as_expected,
             journal_path=self.journal.path,
+            source=self.source,
             **_headline(self.journal),
         )
 
@@ -621,7 +658,7 @@ def _fmt(value: Any) -> str:
 
 def _headline(journal: Journal) -> dict[str, Any]:
     """Error ratio and p99 during the method, and the audit's value, for summaries."""
-    out: dict[str, Any] = {"error_ratio": None, "p99_ms": None, "audit": None}
+    out: dict[str, Any] = {"error_ratio": None, "p99_ms": None, "audit": None, "located": None}
     for probe in journal.data["probes"]:
         name = str(probe["name"])
         if probe["phase"].startswith("verify") and "audit" in name:
@@ -632,4 +669,5 @@ def _headline(journal: Journal) -> dict[str, Any]:
     agg = (load.get("summary") or {}).get("Aggregated") or {}
     out["error_ratio"] = method.get("error_ratio", agg.get("error_ratio"))
     out["p99_ms"] = method.get("p99_ms", agg.get("p99"))
+    out["located"] = (journal.data.get("localization") or {}).get("headline")
     return out

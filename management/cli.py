@@ -314,9 +314,10 @@ def _add_component_commands() -> None:
     """Commands implemented next to what they drive (kept out of this file's imports at top)."""
     from chaos.cli import chaos, load
     from chaos.demo import demo
+    from chaos.traces_cli import traces
     from services.audit_cli import audit
 
-    for command in (audit, chaos, load, demo):
+    for command in (audit, chaos, load, demo, traces):
         cli.add_command(command)
 
 
