@@ -327,6 +327,15 @@ def _semantic_problems(topo: Topology) -> Iterator[tuple[Path_, str]]:
             yield ("components", name, "regions"), "only a cdn has 'regions'"
         if comp.kind in ("registry", "balancer") and comp.instances != 1:
             yield ("components", name, "instances"), f"a {comp.kind} runs exactly one instance"
+    # Consistency is a property of the checkout saga, not of one service: with orders naive and
+    # payments in saga mode, every charge is refused for lack of an idempotency key.
+    for name, comp in names.items():
+        if comp.kind == "service" and comp.consistency not in (None, topo.defaults.consistency):
+            yield (
+                ("components", name, "consistency"),
+                f"every service runs one consistency mode ({topo.defaults.consistency!r} here): "
+                "set defaults.consistency to change it for all of them",
+            )
     seen: set[tuple[str, str]] = set()
     for i, link in enumerate(topo.links):
         for end, value in (("from", link.source), ("to", link.target)):

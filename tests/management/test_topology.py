@@ -101,3 +101,16 @@ def test_generated_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     assert "scrape_interval: 1s" in text
     targets = (tmp_path / "prometheus" / "targets" / "catalog.json").read_text()
     assert plan.instance("catalog-2").address in targets
+
+
+def test_one_consistency_mode_for_the_whole_saga() -> None:
+    text = """
+components:
+  registry: {kind: registry}
+  payments: {kind: service}
+  orders: {kind: service, consistency: naive}
+"""
+    with pytest.raises(TopologyError) as info:
+        parse_topology(text, "mixed.yaml")
+    assert "mixed.yaml:5:" in str(info.value)
+    assert "defaults.consistency" in str(info.value)
