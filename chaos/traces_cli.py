@@ -66,8 +66,9 @@ def render_svg(smap: ServiceMap, *, title: str = "service map") -> str:
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
         f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="sans-serif" font-size="12">',
-        "<defs><marker id='arrow' viewBox='0 0 10 10' refX='10' refY='5' markerWidth='7' "
-        "markerHeight='7' orient='auto-start-reverse'><path d='M0,0 L10,5 L0,10 z' "
+        "<defs><marker id='arrow' viewBox='0 0 10 10' refX='10' refY='5' markerWidth='9' "
+        "markerHeight='9' markerUnits='userSpaceOnUse' orient='auto-start-reverse'>"
+        "<path d='M0,0 L10,5 L0,10 z' "
         "fill='#555'/></marker></defs>",
         f'<rect width="100%" height="100%" fill="white"/>'
         f'<text x="{MARGIN}" y="{MARGIN}" font-size="15" font-weight="bold">'
@@ -116,10 +117,18 @@ def render_svg(smap: ServiceMap, *, title: str = "service map") -> str:
 # -- the report ------------------------------------------------------------------------------
 
 
-def traces_report(run_dir: Path, *, since: float | None = None) -> dict[str, Any]:
+MANAGEMENT_SERVICES = frozenset({"registry"})
+"""The management plane's own traffic (heartbeats, watches): not part of the system's map."""
+
+
+def traces_report(
+    run_dir: Path, *, since: float | None = None, management: bool = False
+) -> dict[str, Any]:
     """Everything ``testbed traces`` shows, as JSON-ready data; writes the SVG (blocking)."""
     stats = SpanFileStats()
     spans = load_spans(run_dir, stats)
+    if not management:
+        spans = [s for s in spans if s.service not in MANAGEMENT_SERVICES]
     if since is not None:
         cutoff = (time.time() - since) * 1e9
         spans = [s for s in spans if s.start_ns >= cutoff]
@@ -207,7 +216,12 @@ def _print(console: Console, report: dict[str, Any], top: int) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("--top", type=click.IntRange(min=1), default=10, help="Self-time rows to show.")
-def traces(run_dir: Path | None, since: float | None, as_json: bool, top: int) -> None:
+@click.option(
+    "--management", is_flag=True, help="Include the registry's own traffic (heartbeats, watches)."
+)
+def traces(
+    run_dir: Path | None, since: float | None, as_json: bool, top: int, management: bool
+) -> None:
     """The service map, hop counts per entry route and self time, from the run's traces."""
     from management.stack import current_run_dir
 
@@ -218,7 +232,7 @@ def traces(run_dir: Path | None, since: float | None, as_json: bool, top: int) -
         raise click.ClickException(
             f"no span files in {run / 'traces'} (spans go to Jaeger when OTLP is configured)"
         )
-    report = traces_report(run, since=since)
+    report = traces_report(run, since=since, management=management)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

@@ -340,19 +340,24 @@ def edge_stats(hops: Iterable[Call]) -> list[EdgeStats]:
 
 
 def _depths(services: Iterable[str], edges: Sequence[EdgeStats]) -> dict[str, int]:
+    """Each service's column: the longest call path from an entry point to it, so every edge
+    points to a later column (a service called by two layers sits after the deeper one)."""
+    names = sorted(set(services) | {e.caller for e in edges} | {e.callee for e in edges})
     callees = {e.callee for e in edges if e.callee != e.caller}
-    depth = {s: 0 for s in services if s not in callees}
-    if not depth:  # everything is called by something (a cycle): start anywhere
-        depth = {min(services, default=""): 0}
-    frontier = list(depth)
-    while frontier:
-        nxt: list[str] = []
-        for service in frontier:
-            for e in edges:
-                if e.caller == service and e.callee not in depth:
-                    depth[e.callee] = depth[service] + 1
-                    nxt.append(e.callee)
-        frontier = nxt
+    depth = {s: 0 for s in names if s not in callees}
+    if not depth and names:  # everything is called by something (a cycle): start anywhere
+        depth = {names[0]: 0}
+    # Longest path by relaxation; at most len(names) rounds, so a cycle cannot loop forever.
+    for _ in range(len(names)):
+        changed = False
+        for e in edges:
+            if e.caller == e.callee or e.caller not in depth:
+                continue
+            if depth.get(e.callee, -1) < depth[e.caller] + 1 <= len(names):
+                depth[e.callee] = depth[e.caller] + 1
+                changed = True
+        if not changed:
+            break
     for e in edges:  # anything unreachable (only in a cycle) goes after its caller
         depth.setdefault(e.callee, depth.get(e.caller, 0) + 1)
     return depth
