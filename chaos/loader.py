@@ -10,12 +10,10 @@ after the schema and are reported the same way. Nothing here touches the running
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, get_args
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from chaos.model import (
@@ -27,11 +25,10 @@ from chaos.model import (
     SequenceStep,
     Step,
 )
+from management.yamlfile import Marked, PathT, YamlFileError, load_marked
 from mesh.errors import ConfigError
 
 __all__ = ["ExperimentError", "iter_faults", "load_experiment", "parse_experiment"]
-
-PathT = tuple[str | int, ...]
 
 
 class ExperimentError(ConfigError):
@@ -40,56 +37,6 @@ class ExperimentError(ConfigError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid experiment:\n  " + "\n  ".join(problems))
-
-
-@dataclass(frozen=True)
-class _Where:
-    line: int
-    column: int
-
-
-def _walk(node: yaml.Node, path: PathT, marks: dict[PathT, _Where], dupes: list[PathT]) -> None:
-    marks[path] = _Where(node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            if key in seen:
-                dupes.append((*path, key))
-            seen.add(key)
-            marks[(*path, key, "<key>")] = _Where(
-                key_node.start_mark.line + 1, key_node.start_mark.column + 1
-            )
-            _walk(value_node, (*path, key), marks, dupes)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _walk(item, (*path, i), marks, dupes)
-
-
-def _fmt(path: PathT) -> str:
-    out = ""
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
-    return out or "(top level)"
-
-
-class _Reporter:
-    def __init__(self, source: str, marks: Mapping[PathT, _Where]) -> None:
-        self.source = source
-        self.marks = marks
-
-    def at(self, path: PathT, message: str, *, key: bool = False) -> str:
-        where = None
-        if key and path:
-            where = self.marks.get((*path, "<key>"))
-        if where is None:
-            for cut in range(len(path), -1, -1):
-                where = self.marks.get(path[:cut])
-                if where is not None:
-                    break
-        where = where or _Where(1, 1)
-        shown = tuple(p for p in path if p != "<key>")
-        return f"{self.source}:{where.line}:{where.column}: {_fmt(shown)}: {message}"
 
 
 def _tags() -> dict[str, type[BaseModel]]:
@@ -142,7 +89,7 @@ def _known_fields(loc: tuple[Any, ...]) -> list[str]:
     return [f.alias or name for name, f in model.model_fields.items()]
 
 
-def _pydantic_problems(exc: ValidationError, rep: _Reporter, data: Any) -> Iterator[str]:
+def _pydantic_problems(exc: ValidationError, rep: Marked, data: Any) -> Iterator[str]:
     seen: set[str] = set()
     for err in exc.errors(include_url=False):
         # Drop the union tags pydantic inserts into the location ('network.latency', 'fault').
@@ -164,9 +111,9 @@ def _pydantic_problems(exc: ValidationError, rep: _Reporter, data: Any) -> Itera
             fix = f"; did you mean {hint[0]!r}?" if hint else ""
             if not hint and known:
                 fix = f"; allowed here: {', '.join(sorted(known))}"
-            text = rep.at(loc, f"unknown field {bad!r}{fix}", key=True)
+            text = rep.problem(loc, f"unknown field {bad!r}{fix}", key=True)
         elif kind == "missing":
-            text = rep.at(loc, f"field {raw[-1]!r} is required")
+            text = rep.problem(loc, f"field {raw[-1]!r} is required")
         elif kind == "union_tag_invalid":
             ctx = err.get("ctx") or {}
             tag = ctx.get("tag", "?")
@@ -174,11 +121,11 @@ def _pydantic_problems(exc: ValidationError, rep: _Reporter, data: Any) -> Itera
             options = [t.strip().strip("'") for t in expected.split(",")]
             hint = difflib.get_close_matches(str(tag), options, n=1)
             fix = f"did you mean {hint[0]!r}?" if hint else f"use one of {expected}"
-            text = rep.at((*loc, "type"), f"unknown type {tag!r}; {fix}")
+            text = rep.problem((*loc, "type"), f"unknown type {tag!r}; {fix}")
         elif kind == "union_tag_not_found":
-            text = rep.at(loc, "missing 'type' (which kind of probe or fault this is)")
+            text = rep.problem(loc, "missing 'type' (which kind of probe or fault this is)")
         else:
-            text = rep.at(loc, msg)
+            text = rep.problem(loc, msg)
         if text not in seen:
             seen.add(text)
             yield text
@@ -228,29 +175,15 @@ def _semantic_problems(exp: Experiment) -> Iterator[tuple[PathT, str]]:
 def parse_experiment(text: str, source: str = "<experiment>") -> Experiment:
     """Parse and validate experiment YAML; raise ``ExperimentError`` naming line and fix."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise ExperimentError([f"{source}:{line}:{col}: not valid YAML: {exc.problem}"]) from None
-    if node is None:
-        raise ExperimentError([f"{source}:1:1: the file is empty; start with 'title:'"])
-    marks: dict[PathT, _Where] = {}
-    dupes: list[PathT] = []
-    _walk(node, (), marks, dupes)
-    rep = _Reporter(source, marks)
-    if dupes:
-        raise ExperimentError(
-            [rep.at(p, f"duplicate key {p[-1]!r}; keep one", key=True) for p in dupes]
-        )
-    data = yaml.SafeLoader(text).get_single_data()
-    if not isinstance(data, dict):
-        raise ExperimentError([f"{source}:1:1: the top level must be a mapping ('title: ...')"])
+        rep = load_marked(text, source, start_hint="start with 'title:'")
+    except YamlFileError as exc:
+        raise ExperimentError(exc.problems) from None
+    data = rep.data
     try:
         exp = Experiment.model_validate(data)
     except ValidationError as exc:
         raise ExperimentError(list(_pydantic_problems(exc, rep, data))) from None
-    problems = [rep.at(p, m) for p, m in _semantic_problems(exp)]
+    problems = [rep.problem(p, m) for p, m in _semantic_problems(exp)]
     if problems:
         raise ExperimentError(problems)
     return exp

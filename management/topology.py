@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from management.yamlfile import KEY, Marked, PathT, YamlFileError, load_marked
 from mesh.errors import ConfigError
 
 __all__ = [
@@ -226,73 +225,22 @@ class Topology(_Model):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-# ---- line-aware loading -----------------------------------------------------------------------
-Path_ = tuple[str | int, ...]
+# ---- line-aware loading (management.yamlfile) ---------------------------------------------------
+Path_ = PathT
 
 
-@dataclass(frozen=True)
-class _Where:
-    line: int
-    column: int
-
-
-def _walk(
-    node: yaml.Node, path: Path_, marks: dict[Path_, _Where], dupes: list[tuple[Path_, str]]
-) -> None:
-    marks[path] = _Where(node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            if key in seen:
-                dupes.append(((*path, key, "<key>"), f"duplicate key {key!r}"))
-            seen.add(key)
-            marks[(*path, key, "<key>")] = _Where(
-                key_node.start_mark.line + 1, key_node.start_mark.column + 1
-            )
-            _walk(value_node, (*path, key), marks, dupes)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _walk(item, (*path, i), marks, dupes)
-
-
-def _locate(marks: Mapping[Path_, _Where], path: Path_) -> _Where:
-    """The line of ``path``, or of its closest ancestor that exists in the file."""
-    for cut in range(len(path), -1, -1):
-        found = marks.get(path[:cut])
-        if found is not None:
-            return found
-    return _Where(1, 1)
-
-
-def _fmt_path(path: Path_) -> str:
-    return ".".join(str(p) for p in path if p != "<key>") or "(top level)"
-
-
-def _problem(source: str, marks: Mapping[Path_, _Where], path: Path_, message: str) -> str:
-    where = _locate(marks, path)
-    return f"{source}:{where.line}:{where.column}: {_fmt_path(path)}: {message}"
-
-
-def _pydantic_problems(
-    exc: ValidationError, source: str, marks: Mapping[Path_, _Where]
-) -> Iterator[str]:
+def _pydantic_problems(exc: ValidationError, marked: Marked) -> Iterator[str]:
     for err in exc.errors(include_url=False):
         path: Path_ = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
         msg = str(err["msg"])
         if err["type"] == "extra_forbidden":
-            key_path = (*path[:-1], str(path[-1]), "<key>")
-            where = _locate(marks, key_path)
-            field_name = path[-1]
-            yield (
-                f"{source}:{where.line}:{where.column}: {_fmt_path(path)}: "
-                f"unknown field {field_name!r}"
-            )
+            key_path = (*path[:-1], str(path[-1]))
+            yield marked.problem(key_path, f"unknown field {path[-1]!r}", key=True)
             continue
         if err["type"] == "missing":
-            yield _problem(source, marks, path[:-1], f"field {path[-1]!r} is required")
+            yield marked.problem(path[:-1], f"field {path[-1]!r} is required")
             continue
-        yield _problem(source, marks, path, msg.removeprefix("Value error, "))
+        yield marked.problem(path, msg.removeprefix("Value error, "))
 
 
 def _semantic_problems(topo: Topology) -> Iterator[tuple[Path_, str]]:
@@ -303,7 +251,7 @@ def _semantic_problems(topo: Topology) -> Iterator[tuple[Path_, str]]:
     for name, comp in names.items():
         if not _NAME.match(name):
             yield (
-                ("components", name, "<key>"),
+                ("components", name, KEY),
                 f"component name {name!r} must be lower-case letters, digits, '-' or '_'",
             )
         if comp.kind == "process" and not comp.module:
@@ -358,27 +306,14 @@ def _semantic_problems(topo: Topology) -> Iterator[tuple[Path_, str]]:
 def parse_topology(text: str, source: str = "<topology>") -> Topology:
     """Parse and validate topology YAML; raise ``TopologyError`` naming file, line and problem."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        col = mark.column + 1 if mark else 1
-        raise TopologyError([f"{source}:{line}:{col}: not valid YAML: {exc.problem}"]) from None
-    if node is None:
-        raise TopologyError([f"{source}:1:1: the file is empty"])
-    marks: dict[Path_, _Where] = {}
-    dupes: list[tuple[Path_, str]] = []
-    _walk(node, (), marks, dupes)
-    if dupes:
-        raise TopologyError([_problem(source, marks, p, m) for p, m in dupes])
-    data = yaml.SafeLoader(text).get_single_data()
-    if not isinstance(data, dict):
-        raise TopologyError([f"{source}:1:1: the top level must be a mapping"])
+        marked = load_marked(text, source)
+    except YamlFileError as exc:
+        raise TopologyError(exc.problems) from None
     try:
-        topo = Topology.model_validate(data)
+        topo = Topology.model_validate(marked.data)
     except ValidationError as exc:
-        raise TopologyError(list(_pydantic_problems(exc, source, marks))) from None
-    problems = [_problem(source, marks, p, m) for p, m in _semantic_problems(topo)]
+        raise TopologyError(list(_pydantic_problems(exc, marked))) from None
+    problems = [marked.problem(p, m) for p, m in _semantic_problems(topo)]
     if problems:
         raise TopologyError(problems)
     return topo
