@@ -99,24 +99,52 @@ def _parse_per_try(raw: str) -> dict[str, float]:
     return result
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def env_float(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> float:
+    """``env[name]`` as a number (``default`` when unset or empty); a ``ConfigError`` names
+    the variable and what is wrong when it is not a number or out of range."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
+    _check_range(name, value, minimum, maximum)
+    return value
+
+
+def env_int(
+    env: Mapping[str, str],
+    name: str,
+    default: int,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> int:
+    """``env[name]`` as an integer, like ``env_float``."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    _check_range(name, value, minimum, maximum)
+    return value
+
+
+def _check_range(name: str, value: float, low: float | None, high: float | None) -> None:
+    if low is not None and value < low:
+        raise ConfigError(f"{name}={value:g} must be at least {low:g}")
+    if high is not None and value > high:
+        raise ConfigError(f"{name}={value:g} must be at most {high:g}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,13 +197,15 @@ class ProcessConfig:
         """Read the common settings; ``env`` defaults to ``os.environ``."""
         e = os.environ if env is None else env
         service = e.get("TESTBED_SERVICE") or default_service
-        port = _int(e, "TESTBED_PORT", 0)
+        port = env_int(e, "TESTBED_PORT", 0)
         return cls(
             service=service,
             instance_id=e.get("TESTBED_INSTANCE_ID") or f"{service}-{port}",
             host=e.get("TESTBED_HOST") or "127.0.0.1",
             port=port,
-            admin_port=_int(e, "TESTBED_ADMIN_PORT", -1) if e.get("TESTBED_ADMIN_PORT") else None,
+            admin_port=(
+                env_int(e, "TESTBED_ADMIN_PORT", 0) if e.get("TESTBED_ADMIN_PORT") else None
+            ),
             advertise=e.get("TESTBED_ADVERTISE") or None,
             version=e.get("TESTBED_VERSION") or "v1",
             run_dir=Path(e.get("TESTBED_RUN_DIR") or "runs/local"),
@@ -187,5 +217,5 @@ class ProcessConfig:
             per_try_timeouts=_parse_per_try(e.get("TESTBED_PER_TRY_TIMEOUT_MS", "")),
             log_format=e.get("TESTBED_LOG_FORMAT") or "auto",
             log_level=(e.get("TESTBED_LOG_LEVEL") or "info").lower(),
-            drain_seconds=_float(e, "TESTBED_DRAIN_SECONDS", 5.0),
+            drain_seconds=env_float(e, "TESTBED_DRAIN_SECONDS", 5.0, minimum=0),
         )

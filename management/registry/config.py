@@ -14,21 +14,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mesh.errors import ConfigError
-from mesh.process import ProcessConfig
-
-
-def _num(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name}={raw} is out of range {low}-{high}")
-    return value
+from mesh.process import ProcessConfig, env_float, env_int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,9 +33,11 @@ class RegistryConfig:
         e = os.environ if env is None else env
         return cls(
             process=ProcessConfig.from_env("registry", e),
-            default_ttl=_num(e, "REGISTRY_DEFAULT_TTL", 3.0, 0.1, 3600),
-            max_ttl=_num(e, "REGISTRY_MAX_TTL", 300.0, 0.1, 86400),
-            max_wait=_num(e, "REGISTRY_MAX_WAIT", 30.0, 0.1, 600),
-            sweep_seconds=_num(e, "REGISTRY_SWEEP_SECONDS", 0.25, 0.01, 60),
-            max_instances=int(_num(e, "REGISTRY_MAX_INSTANCES", 10_000, 1, 1_000_000)),
+            default_ttl=env_float(e, "REGISTRY_DEFAULT_TTL", 3.0, minimum=0.1, maximum=3600),
+            max_ttl=env_float(e, "REGISTRY_MAX_TTL", 300.0, minimum=0.1, maximum=86400),
+            max_wait=env_float(e, "REGISTRY_MAX_WAIT", 30.0, minimum=0.1, maximum=600),
+            sweep_seconds=env_float(e, "REGISTRY_SWEEP_SECONDS", 0.25, minimum=0.01, maximum=60),
+            max_instances=env_int(
+                e, "REGISTRY_MAX_INSTANCES", 10_000, minimum=1, maximum=1_000_000
+            ),
         )

@@ -13,8 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mesh.process import ProcessConfig
-from services.common.settings import env_int
+from mesh.process import ProcessConfig, env_int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,7 +38,7 @@ class Config:
         return cls(
             process=ProcessConfig.from_env("catalog", e),
             seed_products=env_int(e, "CATALOG_SEED_PRODUCTS", 100, minimum=1),
-            cache_max_age=env_int(e, "CATALOG_CACHE_MAX_AGE", 30),
-            stale_while_revalidate=env_int(e, "CATALOG_STALE_WHILE_REVALIDATE", 30),
-            stale_if_error=env_int(e, "CATALOG_STALE_IF_ERROR", 300),
+            cache_max_age=env_int(e, "CATALOG_CACHE_MAX_AGE", 30, minimum=0),
+            stale_while_revalidate=env_int(e, "CATALOG_STALE_WHILE_REVALIDATE", 30, minimum=0),
+            stale_if_error=env_int(e, "CATALOG_STALE_IF_ERROR", 300, minimum=0),
         )

@@ -12,9 +12,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mesh.process import ProcessConfig
+from mesh.process import ProcessConfig, env_float, env_int
 from services.common.consistency import Consistency, consistency_from_env
-from services.common.settings import env_float, env_int
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,9 +19,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from mesh.process import ProcessConfig
+from mesh.process import ProcessConfig, env_float
 from services.common.consistency import Consistency, consistency_from_env
-from services.common.settings import env_float
 from services.orders.checkout import SagaSettings
 
 

@@ -24,9 +24,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from mesh.process import ProcessConfig
+from mesh.process import ProcessConfig, env_float
 from services.common.consistency import Consistency, consistency_from_env
-from services.common.settings import env_float
 from services.payments.provider import ProviderSettings
 
 
@@ -49,7 +48,7 @@ class Config:
             provider=provider,
             recovery_interval=env_float(e, "PAYMENTS_RECOVERY_INTERVAL", 2.0, minimum=0.05),
             pending_grace=env_float(
-                e, "PAYMENTS_PENDING_GRACE", provider.max_latency_ms / 1000 + 2.0
+                e, "PAYMENTS_PENDING_GRACE", provider.max_latency_ms / 1000 + 2.0, minimum=0
             ),
             crash_after=tuple(
                 p.strip() for p in e.get("TESTBED_CRASH_AFTER", "").split(",") if p.strip()

@@ -11,8 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mesh.process import ProcessConfig
-from services.common.settings import env_float
+from mesh.process import ProcessConfig, env_float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,6 +25,6 @@ class Config:
         e = os.environ if env is None else env
         return cls(
             process=ProcessConfig.from_env("recommendations", e),
-            catalog_ttl=env_float(e, "RECOMMENDATIONS_CATALOG_TTL", 60.0),
+            catalog_ttl=env_float(e, "RECOMMENDATIONS_CATALOG_TTL", 60.0, minimum=0),
             catalog_timeout=env_float(e, "RECOMMENDATIONS_CATALOG_TIMEOUT", 2.0, minimum=0.01),
         )
