@@ -14,24 +14,36 @@ Span names are ``"{METHOD} {route template}"`` (just ``"{METHOD}"`` when no rout
 the semantic conventions say). Health and metrics endpoints are counted in the RED metrics
 but get no span and their canonical line is logged at debug level, so a scraping Prometheus
 does not flood traces and logs.
+
+Per-request cost is kept low because every request of every process pays it: span names,
+``server.address``/``server.port`` (parsed from the Host header) and the metric children are
+computed once per distinct value and reused (bounded maps), the span is made current with a
+plain context attach rather than the SDK's context-manager stack, the fault check runs in this
+middleware instead of a second one, and the in-flight gauge reads the ``InFlight`` counter
+when scraped instead of being moved on every request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry import context as context_api
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
+from yarl import URL
 
 from observability.errors import json_error
 from observability.health import InFlight
 from observability.logs import get_logger
 from observability.metrics import UNMATCHED, HttpMetrics, route_template
+
+if TYPE_CHECKING:
+    from observability.faults import FaultController
 
 __all__ = [
     "QUIET_ROUTES",
@@ -54,7 +66,11 @@ FAULT_KEY: Final = web.RequestKey("testbed_fault", str)
 CLIENT_CLOSED: Final = 499
 """Recorded (never sent) when the client went away or the handler was cancelled."""
 
+MEMO_SIZE: Final = 1024
+"""Bound of each per-middleware memo (span names, Host header values)."""
+
 _propagator: Final = TraceContextTextMapPropagator()  # stateless W3C traceparent codec
+_ERROR: Final = Status(StatusCode.ERROR)
 _log = get_logger("observability.http")
 
 
@@ -63,10 +79,23 @@ def request_fault(request: web.Request) -> str | None:
 
 
 def _method(request: web.Request) -> str:
-    return request.method if request.method in STANDARD_METHODS else "_OTHER"
+    method = request.method
+    return method if method in STANDARD_METHODS else "_OTHER"
 
 
-def _start_attributes(request: web.Request, method: str, route: str) -> dict[str, AttributeValue]:
+def _host_and_port(scheme: str, host: str) -> tuple[str | None, int | None]:
+    """``request.url.host`` and ``request.url.port`` for a Host header value, as aiohttp's
+    ``request.url`` derives them (without building the whole URL)."""
+    try:
+        url = URL.build(scheme=scheme, authority=host)
+    except ValueError:
+        return None, None
+    return url.host, url.port
+
+
+def _start_attributes(
+    request: web.Request, method: str, route: str, address: tuple[str | None, int | None]
+) -> dict[str, AttributeValue]:
     attrs: dict[str, AttributeValue] = {
         "http.request.method": method,
         "url.path": request.path,
@@ -74,19 +103,21 @@ def _start_attributes(request: web.Request, method: str, route: str) -> dict[str
     }
     if route != UNMATCHED:
         attrs["http.route"] = route
-    host = request.url.host
+    host, port = address
     if host:
         attrs["server.address"] = host
-    port = request.url.port
     if port is not None:
         attrs["server.port"] = port
-    if request.remote:
-        attrs["client.address"] = request.remote
-    agent = request.headers.get(hdrs.USER_AGENT)
+    remote = request.remote
+    if remote:
+        attrs["client.address"] = remote
+    headers = request.headers
+    agent = headers.get(hdrs.USER_AGENT)
     if agent:
         attrs["user_agent.original"] = agent
-    if request.query_string:
-        attrs["url.query"] = request.query_string
+    query = request.query_string
+    if query:
+        attrs["url.query"] = query
     return attrs
 
 
@@ -112,11 +143,20 @@ def _error_type(exc: BaseException) -> str:
 
 
 async def _call(
-    request: web.Request, handler: Handler, span: Span | None
+    request: web.Request,
+    handler: Handler,
+    span: Span | None,
+    faults: FaultController | None = None,
+    route: str = UNMATCHED,
 ) -> tuple[web.StreamResponse, str | None]:
-    """Run the handler; returns the answer and ``error.type`` (None if no error)."""
+    """Run the handler (after the request faults, when ``faults`` is given); returns the
+    answer and ``error.type`` (None if no error)."""
     try:
-        response = await handler(request)
+        response = None
+        if faults is not None:
+            response = await faults.apply(request, route)
+        if response is None:
+            response = await handler(request)
     except web.HTTPException as exc:
         response = _from_http_exception(exc)
         if response is exc and exc.status < 400:
@@ -137,30 +177,65 @@ async def error_answer(request: web.Request, handler: Handler) -> web.StreamResp
 
 
 def make_telemetry_middleware(
-    tracer: Tracer, metrics: HttpMetrics, in_flight: InFlight
+    tracer: Tracer,
+    metrics: HttpMetrics,
+    in_flight: InFlight,
+    *,
+    faults: FaultController | None = None,
 ) -> Middleware:
-    """The outermost middleware of a public app."""
+    """The outermost middleware of a public app.
+
+    With ``faults``, request faults are applied here too (to every route but the quiet ones),
+    so no separate fault middleware is needed; the in-flight gauge of ``metrics`` is bound to
+    ``in_flight``.
+    """
+    metrics.in_flight.set_function(lambda: in_flight.count)
+    span_names: dict[tuple[str, str], str] = {}
+    addresses: dict[tuple[str, str], tuple[str | None, int | None]] = {}
+
+    def span_name(method: str, route: str) -> str:
+        name = span_names.get((method, route))
+        if name is None:
+            name = method if route == UNMATCHED else f"{method} {route}"
+            if len(span_names) >= MEMO_SIZE:
+                span_names.clear()
+            span_names[(method, route)] = name
+        return name
+
+    def address(request: web.Request) -> tuple[str | None, int | None]:
+        key = (request.scheme, request.host)
+        found = addresses.get(key)
+        if found is None:
+            found = _host_and_port(*key)
+            if len(addresses) >= MEMO_SIZE:
+                addresses.clear()
+            addresses[key] = found
+        return found
 
     @web.middleware
     async def telemetry(request: web.Request, handler: Handler) -> web.StreamResponse:
         method = _method(request)
         route = route_template(request)
         in_flight.enter()
-        metrics.in_flight.inc()
         try:
             if route in QUIET_ROUTES:
-                return await _observe(request, handler, None, method, route, metrics)
-            with tracer.start_as_current_span(
-                method if route == UNMATCHED else f"{method} {route}",
+                return await _observe(request, handler, None, method, route, metrics, None)
+            span = tracer.start_span(
+                span_name(method, route),
                 context=_propagator.extract(request.headers),
                 kind=SpanKind.SERVER,
-                attributes=_start_attributes(request, method, route),
+                attributes=_start_attributes(request, method, route, address(request)),
                 record_exception=False,
                 set_status_on_exception=False,
-            ) as span:
-                return await _observe(request, handler, span, method, route, metrics)
+            )
+            # What ``start_as_current_span`` does, without its context-manager layers.
+            token = context_api.attach(set_span_in_context(span))
+            try:
+                return await _observe(request, handler, span, method, route, metrics, faults)
+            finally:
+                context_api.detach(token)
+                span.end()
         finally:
-            metrics.in_flight.dec()
             in_flight.leave()
 
     return telemetry
@@ -173,13 +248,14 @@ async def _observe(
     method: str,
     route: str,
     metrics: HttpMetrics,
+    faults: FaultController | None,
 ) -> web.StreamResponse:
     """Handle the request and record it (metrics, span attributes, the canonical line)."""
     status = 500
     error_type: str | None = None
     started = time.perf_counter()
     try:
-        response, error_type = await _call(request, handler, span)
+        response, error_type = await _call(request, handler, span, faults, route)
         status = response.status
         return response
     except web.HTTPException as exc:  # a redirect or a 2xx raised: not an error
@@ -191,22 +267,34 @@ async def _observe(
         raise
     finally:
         elapsed = time.perf_counter() - started
+        fault = request.get(FAULT_KEY)
         if span is not None:
-            span.set_attribute("http.response.status_code", status)
-            fault = request_fault(request)
-            if fault is not None:
-                span.set_attribute("testbed.fault", fault)
-            if error_type is not None:
-                span.set_attribute("error.type", error_type)
-                span.set_status(Status(StatusCode.ERROR))
+            if fault is None and error_type is None:
+                span.set_attribute("http.response.status_code", status)
+            else:
+                end_attrs: dict[str, AttributeValue] = {"http.response.status_code": status}
+                if fault is not None:
+                    end_attrs["testbed.fault"] = fault
+                if error_type is not None:
+                    end_attrs["error.type"] = error_type
+                span.set_attributes(end_attrs)
+                if error_type is not None:
+                    span.set_status(_ERROR)
         metrics.observe(method, route, status, elapsed)
-        _log_request(request, method, route, status, elapsed, quiet=span is None)
+        _log_request(request, span, method, route, status, elapsed, fault)
 
 
 def _log_request(
-    request: web.Request, method: str, route: str, status: int, elapsed: float, *, quiet: bool
+    request: web.Request,
+    span: Span | None,
+    method: str,
+    route: str,
+    status: int,
+    elapsed: float,
+    fault: str | None,
 ) -> None:
-    """The canonical line; called inside the span's context when there is a span."""
+    """The canonical line; called inside the span's context when there is a span (whose ids
+    are passed along, saving the log processor a context lookup)."""
     fields: dict[str, object] = {
         "method": method,
         "route": route,
@@ -214,12 +302,16 @@ def _log_request(
         "status": status,
         "duration_ms": round(elapsed * 1000.0, 3),
     }
-    fault = request_fault(request)
     if fault is not None:
         fields["fault"] = fault
-    if quiet:
+    if span is None:
         _log.debug("request", **fields)
-    elif status >= 500:
+        return
+    ctx = span.get_span_context()
+    if ctx.is_valid:
+        fields["trace_id"] = f"{ctx.trace_id:032x}"
+        fields["span_id"] = f"{ctx.span_id:016x}"
+    if status >= 500:
         _log.warning("request", **fields)
     else:
         _log.info("request", **fields)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -13,7 +15,7 @@ import structlog
 from opentelemetry.sdk.trace import TracerProvider
 
 from mesh.process import ProcessConfig
-from observability.logs import configure_logging, get_logger
+from observability.logs import configure_logging, get_logger, json_line, utc_timestamper
 
 
 @pytest.fixture
@@ -94,3 +96,25 @@ def test_console_format_is_not_json(process: ProcessConfig) -> None:
     text = stream.getvalue()
     assert "hello_console" in text
     assert not text.lstrip().startswith("{")
+
+
+def test_timestamps_have_structlogs_iso_utc_shape() -> None:
+    stamp = utc_timestamper()
+    event: dict[str, Any] = {}
+    before = datetime.now(UTC)
+    stamp(None, "info", event)
+    after = datetime.now(UTC)
+    value = event["timestamp"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", value)
+    assert before.replace(microsecond=0) <= datetime.fromisoformat(value) <= after
+
+
+def test_json_lines_fall_back_for_what_orjson_refuses() -> None:
+    assert json.loads(json_line({"big": 2**70, "n": 1})) == {"big": 2**70, "n": 1}
+    assert json.loads(json_line({"obj": Opaque()})) == {"obj": "<opaque>"}
+    assert json.loads(json_line({"event": "caf\u00e9"})) == {"event": "caf\u00e9"}
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "<opaque>"
