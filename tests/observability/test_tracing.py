@@ -213,8 +213,9 @@ def test_span_file_names_are_safe(tmp_path: Path) -> None:
     assert span_file_path(tmp_path, "../orders/1").parent == tmp_path / "traces"
 
 
+@pytest.mark.parametrize("span_files", ["1", "0"])
 async def test_spans_go_to_an_otlp_endpoint_when_configured(
-    process: ProcessConfig, aiohttp_server: Any
+    process: ProcessConfig, aiohttp_server: Any, span_files: str
 ) -> None:
     received: list[ExportTraceServiceRequest] = []
 
@@ -229,7 +230,11 @@ async def test_spans_go_to_an_otlp_endpoint_when_configured(
     app.router.add_post("/v1/traces", collect)
     collector = await aiohttp_server(app)
     provider = build_tracer_provider(
-        process, env={"OTEL_EXPORTER_OTLP_ENDPOINT": str(collector.make_url("/"))}
+        process,
+        env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": str(collector.make_url("/")),
+            "TESTBED_SPAN_FILES": span_files,
+        },
     )
     trace_id, _, _ = _emit_spans(provider)
     await asyncio.to_thread(provider.shutdown)  # the exporter is synchronous: off the loop
@@ -243,4 +248,10 @@ async def test_spans_go_to_an_otlp_endpoint_when_configured(
     ]
     assert {span.name for span in spans} == {"GET /orders/{id}", "payments/Charge"}
     assert {span.trace_id.hex() for span in spans} == {trace_id}
-    assert not (process.run_dir / "traces").exists()
+    # By default the run folder keeps the same spans (the chaos engine reads them there).
+    if span_files == "1":
+        on_disk = load_spans(process.run_dir)
+        assert {s.name for s in on_disk} == {"GET /orders/{id}", "payments/Charge"}
+        assert {s.trace_id for s in on_disk} == {trace_id}
+    else:
+        assert not (process.run_dir / "traces").exists()
