@@ -33,20 +33,7 @@ from dataclasses import dataclass
 
 from mesh.balancing import POLICIES
 from mesh.errors import ConfigError
-from mesh.process import ProcessConfig
-
-
-def _num(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
-    return value
+from mesh.process import ProcessConfig, env_float, env_int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,17 +78,17 @@ class BalancerConfig:
             policy=e.get("BALANCER_POLICY") or "round_robin",
             hash_header=e.get("BALANCER_HASH_HEADER") or None,
             health_path=e.get("BALANCER_HEALTH_PATH") or "/readyz",
-            health_interval=_num(e, "BALANCER_HEALTH_INTERVAL", 0.5, minimum=0.01),
-            health_timeout=_num(e, "BALANCER_HEALTH_TIMEOUT", 0.5, minimum=0.01),
-            health_fall=int(_num(e, "BALANCER_HEALTH_FALL", 2, minimum=1)),
-            health_rise=int(_num(e, "BALANCER_HEALTH_RISE", 2, minimum=1)),
-            connect_timeout=_num(e, "BALANCER_CONNECT_TIMEOUT", 1.0, minimum=0.01),
-            read_timeout=_num(e, "BALANCER_READ_TIMEOUT", 30.0, minimum=0.01),
-            total_timeout=_num(e, "BALANCER_TOTAL_TIMEOUT", 300.0, minimum=0.01),
-            pool_size=int(_num(e, "BALANCER_POOL_SIZE", 512, minimum=1)),
-            pool_per_host=int(_num(e, "BALANCER_POOL_PER_HOST", 128, minimum=1)),
-            retries=int(_num(e, "BALANCER_RETRIES", 2)),
-            outlier_failures=int(_num(e, "BALANCER_OUTLIER_FAILURES", 3, minimum=1)),
-            ejection_seconds=_num(e, "BALANCER_EJECTION_SECONDS", 5.0, minimum=0.01),
-            buffer_bytes=int(_num(e, "BALANCER_BUFFER_BYTES", 65_536)),
+            health_interval=env_float(e, "BALANCER_HEALTH_INTERVAL", 0.5, minimum=0.01),
+            health_timeout=env_float(e, "BALANCER_HEALTH_TIMEOUT", 0.5, minimum=0.01),
+            health_fall=env_int(e, "BALANCER_HEALTH_FALL", 2, minimum=1),
+            health_rise=env_int(e, "BALANCER_HEALTH_RISE", 2, minimum=1),
+            connect_timeout=env_float(e, "BALANCER_CONNECT_TIMEOUT", 1.0, minimum=0.01),
+            read_timeout=env_float(e, "BALANCER_READ_TIMEOUT", 30.0, minimum=0.01),
+            total_timeout=env_float(e, "BALANCER_TOTAL_TIMEOUT", 300.0, minimum=0.01),
+            pool_size=env_int(e, "BALANCER_POOL_SIZE", 512, minimum=1),
+            pool_per_host=env_int(e, "BALANCER_POOL_PER_HOST", 128, minimum=1),
+            retries=env_int(e, "BALANCER_RETRIES", 2, minimum=0),
+            outlier_failures=env_int(e, "BALANCER_OUTLIER_FAILURES", 3, minimum=1),
+            ejection_seconds=env_float(e, "BALANCER_EJECTION_SECONDS", 5.0, minimum=0.01),
+            buffer_bytes=env_int(e, "BALANCER_BUFFER_BYTES", 65_536, minimum=0),
         )

@@ -23,22 +23,9 @@ from dataclasses import dataclass
 from yarl import URL
 
 from mesh.errors import ConfigError
-from mesh.process import ProcessConfig
+from mesh.process import ProcessConfig, env_float, env_int
 
 REGIONS = ("sa", "us", "eu")
-
-
-def _num(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
-    return value
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,11 +72,11 @@ class CdnConfig:
             process=ProcessConfig.from_env(f"cdn-{region}", e),
             origin_url=origin,
             region=region,
-            cache_bytes=int(_num(e, "CDN_CACHE_BYTES", 64 * 1024 * 1024)),
-            max_object_bytes=int(_num(e, "CDN_MAX_OBJECT_BYTES", 8 * 1024 * 1024)),
-            connect_timeout=_num(e, "CDN_CONNECT_TIMEOUT", 2.0, minimum=0.01),
-            origin_timeout=_num(e, "CDN_ORIGIN_TIMEOUT", 30.0, minimum=0.01),
-            total_timeout=_num(e, "CDN_TOTAL_TIMEOUT", 300.0, minimum=0.01),
-            pool_size=int(_num(e, "CDN_POOL_SIZE", 256, minimum=1)),
-            buffer_bytes=int(_num(e, "CDN_BUFFER_BYTES", 65_536)),
+            cache_bytes=env_int(e, "CDN_CACHE_BYTES", 64 * 1024 * 1024, minimum=0),
+            max_object_bytes=env_int(e, "CDN_MAX_OBJECT_BYTES", 8 * 1024 * 1024, minimum=0),
+            connect_timeout=env_float(e, "CDN_CONNECT_TIMEOUT", 2.0, minimum=0.01),
+            origin_timeout=env_float(e, "CDN_ORIGIN_TIMEOUT", 30.0, minimum=0.01),
+            total_timeout=env_float(e, "CDN_TOTAL_TIMEOUT", 300.0, minimum=0.01),
+            pool_size=env_int(e, "CDN_POOL_SIZE", 256, minimum=1),
+            buffer_bytes=env_int(e, "CDN_BUFFER_BYTES", 65_536, minimum=0),
         )
