@@ -217,6 +217,8 @@ def demo(run_dir: Path | None, base_port: int | None, only: tuple[str, ...]) -> 
             live=console.is_terminal,
         )
     )
+    # Never squeezed into a narrow terminal or a pipe: the table is the demo's result.
+    console.width = max(console.width, 120)
     console.print(summary_table(results))
     try:
         console.print(f"reports: {write_demo_index(folder, results)}")
