@@ -7,13 +7,15 @@ lowercase hex, fields at their default value left out, keys in field-number orde
 
 Why hand-written: the obvious route (the SDK's protobuf encoder, then protobuf's
 ``json_format``, then ids rewritten from base64 to hex) costs about 100 us per span, all of
-it in pure Python on the batch processor's thread, where it competes for the GIL with the
-event loop that serves requests. ``encode_otlp_json`` builds the same JSON document straight
-from the ``ReadableSpan`` (about a tenth of that); ``encode_otlp_json_via_protobuf`` keeps the
-library route, and a test checks that both give the same line for the same spans. The
-collector has no Python library that writes files, hence this small exporter.
+it in pure Python, on the event loop that serves requests (``span_buffer.LoopSpanProcessor``)
+or, with the SDK's batch processor, on a thread competing with that loop for the GIL.
+``encode_otlp_json`` builds the same JSON document straight from the ``ReadableSpan`` (about
+a tenth of that); ``encode_otlp_json_via_protobuf`` keeps the library route, and a test
+checks that both give the same line for the same spans. The collector has no Python library
+that writes files, hence this small exporter.
 
-``export`` runs on the batch span processor's worker thread, never on the event loop.
+``export`` runs on the event loop in small batches (``span_buffer.LoopSpanProcessor``, what
+``build_tracer_provider`` uses), or on any thread a processor calls it from (it takes a lock).
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ Variables read (once, into ``TracingConfig``):
 ``OTEL_BSP_SCHEDULE_DELAY``              batch delay, ms (default here 1000, not the SDK's 5000,
                                          so span files are nearly complete when a process is killed)
 
+Spans to an OTLP endpoint go through the SDK's ``BatchSpanProcessor`` (its thread does the
+network I/O); spans to the span file through ``LoopSpanProcessor``, which encodes and writes
+them on the event loop (see ``observability.span_buffer`` for why).
+
 With an endpoint, spans go there by OTLP/HTTP; without one, to
 ``<run_dir>/traces/<instance_id>.jsonl`` (see ``observability.otlp_json``).
 Resource attributes: ``service.name``, ``service.instance.id``, ``service.version``.
@@ -30,7 +34,7 @@ from pathlib import Path
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
@@ -43,12 +47,18 @@ from opentelemetry.sdk.trace.sampling import (
 from mesh.errors import ConfigError
 from mesh.process import ProcessConfig
 from observability.otlp_json import OtlpJsonLinesExporter, span_file_path
+from observability.span_buffer import LoopSpanProcessor
 
 __all__ = ["TracingConfig", "build_sampler", "build_tracer_provider", "tracer_name"]
 
 EXPORT_BATCH = 64
 """Spans per export: small, because the export holds the GIL while it encodes (a batch of
 512 spans held it ~5 ms, which a request arriving meanwhile waited out: the p99)."""
+LOOP_BATCH = 16
+"""Spans per span-file export on the event loop: a request arriving during one waits for it
+(~10 us a span), so a smaller batch than the thread's keeps that wait short (the p99)."""
+MAX_QUEUE = 4096
+"""Spans waiting for export, at most (more are dropped)."""
 
 tracer_name = "testbed"
 """Instrumentation scope name of the spans the testbed creates."""
@@ -204,13 +214,21 @@ def build_tracer_provider(
     if exporter is None and config.endpoint is not None and config.span_files:
         exporters.append(OtlpJsonLinesExporter(config.span_file))
     for each in exporters:
-        provider.add_span_processor(
-            BatchSpanProcessor(
+        processor: SpanProcessor
+        if isinstance(each, OtlpJsonLinesExporter):
+            processor = LoopSpanProcessor(
                 each,
-                max_queue_size=4096,
+                max_queue_size=MAX_QUEUE,
+                batch_size=LOOP_BATCH,
+                schedule_delay_s=config.schedule_delay_ms / 1000.0,
+            )
+        else:
+            processor = BatchSpanProcessor(
+                each,
+                max_queue_size=MAX_QUEUE,
                 max_export_batch_size=EXPORT_BATCH,
                 schedule_delay_millis=config.schedule_delay_ms,
                 export_timeout_millis=config.export_timeout_s * 1000.0,
             )
-        )
+        provider.add_span_processor(processor)
     return provider
