@@ -358,6 +358,7 @@ class ServiceFault(_Fault):
         "service.hang",
         "service.cpu_burn",
         "service.memory_leak",
+        "service.crash_after",
     ]
     rate: float = Field(default=1.0, ge=0, le=1)
     status: int = Field(default=500, ge=400, le=599)
@@ -369,6 +370,10 @@ class ServiceFault(_Fault):
     max_mb: int = Field(default=256, gt=0, le=4096)
     routes: tuple[str, ...] | None = None
     """Request faults only: the route templates affected (default: every route)."""
+    points: tuple[str, ...] = ("charged",)
+    """``service.crash_after``: the steps after which the process exits at once, as a crash
+    would (orders: started, reserved, charged, compensating, confirmed, failed; payments:
+    charge_pending). It makes "a crash in the middle of a checkout" certain instead of lucky."""
 
 
 FaultSpec = Annotated[NetworkFault | ProcessFault | ServiceFault, Field(discriminator="type")]
