@@ -41,6 +41,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from management.jaeger import jaeger_config
 from management.plan import DEFAULT_BASE_PORT, LOCALHOST, InstancePlan, Plan, build_plan
 from management.prometheus import prometheus_config as embedded_prometheus_config
 from management.prometheus import target_groups
@@ -463,38 +464,11 @@ async def apply_toxics(toxiproxy_url: str, toxics: Sequence[Mapping[str, Any]]) 
 
 
 # ---- Jaeger -------------------------------------------------------------------------------------
-def jaeger_config() -> dict[str, Any]:
+def compose_jaeger_config() -> dict[str, Any]:
     """Jaeger v2, in-memory, as embedded, but listening on the container network."""
-    return {
-        "service": {
-            "extensions": ["jaeger_storage", "jaeger_query"],
-            "pipelines": {
-                "traces": {
-                    "receivers": ["otlp"],
-                    "processors": ["batch"],
-                    "exporters": ["jaeger_storage_exporter"],
-                }
-            },
-            "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "warn"}},
-        },
-        "extensions": {
-            "jaeger_query": {
-                "storage": {"traces": "memstore"},
-                "http": {"endpoint": f"0.0.0.0:{JAEGER_UI}"},
-            },
-            "jaeger_storage": {"backends": {"memstore": {"memory": {"max_traces": 50000}}}},
-        },
-        "receivers": {
-            "otlp": {
-                "protocols": {
-                    "grpc": {"endpoint": f"0.0.0.0:{JAEGER_OTLP_GRPC}"},
-                    "http": {"endpoint": f"0.0.0.0:{JAEGER_OTLP_HTTP}"},
-                }
-            }
-        },
-        "processors": {"batch": {}},
-        "exporters": {"jaeger_storage_exporter": {"trace_storage": "memstore"}},
-    }
+    return jaeger_config(
+        host="0.0.0.0", ui=JAEGER_UI, otlp_grpc=JAEGER_OTLP_GRPC, otlp_http=JAEGER_OTLP_HTTP
+    )
 
 
 # ---- Prometheus ---------------------------------------------------------------------------------
@@ -887,7 +861,7 @@ def compose_files(topology: Topology, layout: ComposeLayout) -> dict[str, str]:
         "Dockerfile": _dockerfile(),
         "Dockerfile.dockerignore": _DOCKERIGNORE,
         "toxiproxy.json": json.dumps(toxiproxy_config(plan), indent=2) + "\n",
-        "jaeger.yaml": _yaml(jaeger_config(), notice),
+        "jaeger.yaml": _yaml(compose_jaeger_config(), notice),
         "prometheus.yml": _yaml(prometheus_config(plan), notice),
         "grafana/provisioning/datasources/testbed.yaml": _yaml(grafana_datasources(), notice),
         "grafana/provisioning/dashboards/testbed.yaml": _yaml(grafana_dashboard_provider(), notice),

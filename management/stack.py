@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from management.jaeger import jaeger_config
 from management.plan import DEFAULT_BASE_PORT, LOCALHOST, InstancePlan, Plan, build_plan
 from management.ports import check_ports_free
 from management.prometheus import write_prometheus_files, write_targets
@@ -577,40 +578,14 @@ def _default_run_dir() -> Path:
 
 def _jaeger_config(plan: Plan) -> str:
     infra = plan.infra
-    config = {
-        "service": {
-            "extensions": ["jaeger_storage", "jaeger_query"],
-            "pipelines": {
-                "traces": {
-                    "receivers": ["otlp"],
-                    "processors": ["batch"],
-                    "exporters": ["jaeger_storage_exporter"],
-                }
-            },
-            "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "warn"}},
-        },
-        "extensions": {
-            "jaeger_query": {
-                # Off: Jaeger would trace its own queries to an OTLP collector on :4317 that
-                # is not there, and then wait for it when stopped.
-                "enable_tracing": False,
-                "storage": {"traces": "memstore"},
-                "http": {"endpoint": f"{LOCALHOST}:{infra.jaeger_ui}"},
-                "grpc": {"endpoint": f"{LOCALHOST}:{plan.base_port + 5}"},
-            },
-            "jaeger_storage": {"backends": {"memstore": {"memory": {"max_traces": 50000}}}},
-        },
-        "receivers": {
-            "otlp": {
-                "protocols": {
-                    "grpc": {"endpoint": f"{LOCALHOST}:{infra.jaeger_otlp_grpc}"},
-                    "http": {"endpoint": f"{LOCALHOST}:{infra.jaeger_otlp_http}"},
-                }
-            }
-        },
-        "processors": {"batch": {}},
-        "exporters": {"jaeger_storage_exporter": {"trace_storage": "memstore"}},
-    }
+    config = jaeger_config(
+        host=LOCALHOST,
+        ui=infra.jaeger_ui,
+        otlp_grpc=infra.jaeger_otlp_grpc,
+        otlp_http=infra.jaeger_otlp_http,
+        query_grpc=plan.base_port + 5,
+        self_tracing=False,
+    )
     return yaml.safe_dump(config, sort_keys=False)
 
 
