@@ -390,6 +390,11 @@ class FaultController:
         self._injected.labels(kind).inc()
         return active
 
+    @property
+    def any_active(self) -> bool:
+        """Whether any fault is active in this process."""
+        return bool(self._active)
+
     async def apply(self, request: web.Request, route: str) -> web.StreamResponse | None:
         """Apply request faults; an answer to send instead of running the handler, or None."""
         if not self._active:

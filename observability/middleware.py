@@ -1,4 +1,4 @@
-"""The telemetry middleware: one server span, RED metrics, one canonical log line per request.
+"""The telemetry middleware: a server span, RED metrics and a canonical log line per request.
 
 It is the outermost middleware of every public app, so what it records is what the client
 saw, injected faults included. It also turns unhandled exceptions into the shared JSON error
@@ -14,6 +14,11 @@ Span names are ``"{METHOD} {route template}"`` (just ``"{METHOD}"`` when no rout
 the semantic conventions say). Health and metrics endpoints are counted in the RED metrics
 but get no span and their canonical line is logged at debug level, so a scraping Prometheus
 does not flood traces and logs.
+
+Spans are recorded as the trace sampler decides (by default every new trace up to 100 a
+second per process, see ``observability.tracing``); the canonical line follows it, and is
+written for every 5xx or fault-injected request whether traced or not. The RED metrics count
+every request.
 
 Per-request cost is kept low because every request of every process pays it: span names,
 ``server.address``/``server.port`` (parsed from the Host header) and the metric children are
@@ -224,10 +229,11 @@ def make_telemetry_middleware(
                 span_name(method, route),
                 context=_propagator.extract(request.headers),
                 kind=SpanKind.SERVER,
-                attributes=_start_attributes(request, method, route, address(request)),
                 record_exception=False,
                 set_status_on_exception=False,
             )
+            if span.is_recording():  # not sampled: no attributes to build
+                span.set_attributes(_start_attributes(request, method, route, address(request)))
             # What ``start_as_current_span`` does, without its context-manager layers.
             token = context_api.attach(set_span_in_context(span))
             try:
@@ -294,7 +300,15 @@ def _log_request(
     fault: str | None,
 ) -> None:
     """The canonical line; called inside the span's context when there is a span (whose ids
-    are passed along, saving the log processor a context lookup)."""
+    are passed along, saving the log processor a context lookup).
+
+    Written for every traced request, and for every failed (5xx) or fault-injected one traced
+    or not: the lines follow the trace sampler, so at the experiments' loads every request
+    has its line, and a saturated process does not spend more on logging as its load grows
+    (the RED metrics count every request). Quiet routes log at debug level.
+    """
+    if span is not None and status < 500 and fault is None and not span.is_recording():
+        return
     fields: dict[str, object] = {
         "method": method,
         "route": route,

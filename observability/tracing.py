@@ -4,9 +4,11 @@ Variables read (once, into ``TracingConfig``):
 
 ``OTEL_SERVICE_NAME``                    service.name (default: the process's service)
 ``OTEL_TRACES_SAMPLER``                  ``always_on``, ``always_off``, ``traceidratio``,
-                                         ``parentbased_always_on`` (default),
-                                         ``parentbased_always_off``, ``parentbased_traceidratio``
-``OTEL_TRACES_SAMPLER_ARG``              ratio for the ``*traceidratio`` samplers (default 1.0)
+                                         ``ratelimiting``, ``parentbased_always_on``,
+                                         ``parentbased_always_off``, ``parentbased_traceidratio``,
+                                         ``parentbased_ratelimiting`` (default)
+``OTEL_TRACES_SAMPLER_ARG``              ratio for the ``*traceidratio`` samplers (default 1.0);
+                                         new traces a second for ``*ratelimiting`` (default 100)
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``   full URL spans are POSTed to (used as is)
 ``OTEL_EXPORTER_OTLP_ENDPOINT``          base URL; ``/v1/traces`` is appended
 ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` / ``OTEL_EXPORTER_OTLP_PROTOCOL``
@@ -15,6 +17,11 @@ Variables read (once, into ``TracingConfig``):
 ``OTEL_SDK_DISABLED``                    ``true``: no spans are recorded or exported
 ``OTEL_BSP_SCHEDULE_DELAY``              batch delay, ms (default here 1000, not the SDK's 5000,
                                          so span files are nearly complete when a process is killed)
+
+The default samples every new trace up to 100 a second per process and follows the parent's
+decision otherwise (``observability.sampling``): the experiments' loads are traced whole, and a
+saturated process does not spend more on tracing as its load grows. ``parentbased_always_on``
+traces every request whatever the load.
 
 Spans to an OTLP endpoint go through the SDK's ``BatchSpanProcessor`` (its thread does the
 network I/O); spans to the span file through ``LoopSpanProcessor``, which encodes and writes
@@ -47,6 +54,7 @@ from opentelemetry.sdk.trace.sampling import (
 from mesh.errors import ConfigError
 from mesh.process import ProcessConfig
 from observability.otlp_json import OtlpJsonLinesExporter, span_file_path
+from observability.sampling import ParentBasedRateLimiting, RateLimitingSampler
 from observability.span_buffer import LoopSpanProcessor
 
 __all__ = ["TracingConfig", "build_sampler", "build_tracer_provider", "tracer_name"]
@@ -67,10 +75,15 @@ SAMPLERS = (
     "always_on",
     "always_off",
     "traceidratio",
+    "ratelimiting",
     "parentbased_always_on",
     "parentbased_always_off",
     "parentbased_traceidratio",
+    "parentbased_ratelimiting",
 )
+DEFAULT_SAMPLER = "parentbased_ratelimiting"
+DEFAULT_TRACES_PER_SECOND = 100.0
+"""New traces a second each process records by default (``*ratelimiting`` samplers)."""
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -91,8 +104,8 @@ class TracingConfig:
     instance_id: str
     service_version: str
     run_dir: Path
-    sampler: str = "parentbased_always_on"
-    sampler_arg: float = 1.0
+    sampler: str = DEFAULT_SAMPLER
+    sampler_arg: float = DEFAULT_TRACES_PER_SECOND
     endpoint: str | None = None
     """Full OTLP/HTTP traces URL, or None to write span files."""
     export_timeout_s: float = 10.0
@@ -106,8 +119,13 @@ class TracingConfig:
             raise ConfigError(
                 f"OTEL_TRACES_SAMPLER={self.sampler!r} is unknown; use one of {', '.join(SAMPLERS)}"
             )
-        if "ratio" in self.sampler and not 0.0 <= self.sampler_arg <= 1.0:
+        if "traceidratio" in self.sampler and not 0.0 <= self.sampler_arg <= 1.0:
             raise ConfigError(f"OTEL_TRACES_SAMPLER_ARG={self.sampler_arg} is not in [0, 1]")
+        if "ratelimiting" in self.sampler and self.sampler_arg < 0.0:
+            raise ConfigError(
+                f"OTEL_TRACES_SAMPLER_ARG={self.sampler_arg} is negative; "
+                "give new traces per second (e.g. 100)"
+            )
 
     @property
     def span_file(self) -> Path:
@@ -140,13 +158,15 @@ class TracingConfig:
             else "OTEL_EXPORTER_OTLP_TIMEOUT",
             10000.0,
         )
+        sampler = (e.get("OTEL_TRACES_SAMPLER") or DEFAULT_SAMPLER).strip().lower()
+        default_arg = DEFAULT_TRACES_PER_SECOND if "ratelimiting" in sampler else 1.0
         return cls(
             service_name=(e.get("OTEL_SERVICE_NAME") or "").strip() or process.service,
             instance_id=process.instance_id,
             service_version=process.version,
             run_dir=process.run_dir,
-            sampler=(e.get("OTEL_TRACES_SAMPLER") or "parentbased_always_on").strip().lower(),
-            sampler_arg=_float(e, "OTEL_TRACES_SAMPLER_ARG", 1.0),
+            sampler=sampler,
+            sampler_arg=_float(e, "OTEL_TRACES_SAMPLER_ARG", default_arg),
             endpoint=endpoint,
             export_timeout_s=timeout_ms / 1000.0,
             schedule_delay_ms=_float(e, "OTEL_BSP_SCHEDULE_DELAY", 1000.0),
@@ -166,6 +186,10 @@ def build_sampler(name: str, arg: float = 1.0) -> Sampler:
         root = ALWAYS_OFF
     elif base == "traceidratio":
         root = TraceIdRatioBased(arg)
+    elif base == "ratelimiting":
+        if name.startswith("parentbased_"):
+            return ParentBasedRateLimiting(arg)
+        root = RateLimitingSampler(arg)
     else:
         raise ConfigError(f"OTEL_TRACES_SAMPLER={name!r} is unknown")
     return ParentBased(root) if name.startswith("parentbased_") else root

@@ -8,6 +8,7 @@ closed in a ``cleanup_ctx``), the ``EdgeCache`` handler and the metrics. ``/heal
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 
 import aiohttp
 from aiohttp import web
@@ -15,11 +16,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from edge.cdn.admin import make_purge_handler
-from edge.cdn.cache import EdgeCache
+from edge.cdn.cache import EdgeCache, fresh_hit
 from edge.cdn.config import CdnConfig
 from edge.cdn.metrics import CdnMetrics
 from edge.cdn.store import CacheStore
-from observability.app import REGISTRY_KEY, create_admin_app, create_base_app
+from observability.app import create_admin_app, create_base_app, new_registry
+from observability.fastlane import FAST_LANE_KEY, FastLane
 
 STORE_KEY = web.AppKey("cdn_store", CacheStore)
 CACHE_KEY = web.AppKey("cdn_cache", EdgeCache)
@@ -50,10 +52,12 @@ def create_app(
     registry: CollectorRegistry | None = None,
     tracer_provider: TracerProvider | None = None,
 ) -> web.Application:
-    app = create_base_app(config.process, registry=registry, tracer_provider=tracer_provider)
+    registry = registry if registry is not None else new_registry()
     store = CacheStore(max_bytes=config.cache_bytes, max_object_bytes=config.max_object_bytes)
+    metrics = CdnMetrics(registry, store)
+    app = create_base_app(config.process, registry=registry, tracer_provider=tracer_provider)
     app[STORE_KEY] = store
-    app[METRICS_KEY] = CdnMetrics(app[REGISTRY_KEY], store)
+    app[METRICS_KEY] = metrics
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         session = origin_session(config)
@@ -69,7 +73,10 @@ def create_app(
         return await request.app[CACHE_KEY].handle(request)
 
     app.cleanup_ctx.append(resources)
-    app.router.add_route("*", "/{tail:.*}", handle)
+    everything = app.router.add_resource("/{tail:.*}")
+    everything.add_route("*", handle)
+    # Fresh hits of requests that will not be traced are answered before routing.
+    app[FAST_LANE_KEY] = FastLane(partial(fresh_hit, store, metrics), everything.canonical)
     return app
 
 

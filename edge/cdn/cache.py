@@ -160,16 +160,7 @@ class EdgeCache:
     def _from_cache(
         self, request: web.Request, entry: Entry, age: float, label: str
     ) -> web.Response:
-        self.metrics.results[label.lower()].inc()
-        headers = CIMultiDict(entry.headers)
-        headers["Age"] = str(int(age))
-        headers["X-Cache"] = label
-        rh = request.headers
-        if ("If-None-Match" in rh or "If-Modified-Since" in rh) and not_modified(rh, headers):
-            return web.Response(status=304, headers=headers)
-        if request.method != "HEAD":
-            self.metrics.from_cache.inc(len(entry.body))
-        return web.Response(status=entry.status, body=entry.body, headers=headers)
+        return cached_answer(self.metrics, request, entry, age, label)
 
     # -- origin fetches ------------------------------------------------------------------
 
@@ -570,3 +561,42 @@ def _revalidated(
         etag=merged.get("ETag"),
         last_modified=merged.get("Last-Modified"),
     )
+
+
+def cached_answer(
+    metrics: CdnMetrics, request: web.Request, entry: Entry, age: float, label: str
+) -> web.Response:
+    """The stored ``entry`` as the answer (or a 304 to a satisfied conditional request)."""
+    metrics.results[label.lower()].inc()
+    headers = CIMultiDict(entry.headers)
+    headers["Age"] = str(int(age))
+    headers["X-Cache"] = label
+    rh = request.headers
+    if ("If-None-Match" in rh or "If-Modified-Since" in rh) and not_modified(rh, headers):
+        return web.Response(status=304, headers=headers)
+    if request.method != "HEAD":
+        metrics.from_cache.inc(len(entry.body))
+    return web.Response(status=entry.status, body=entry.body, headers=headers)
+
+
+def fresh_hit(store: CacheStore, metrics: CdnMetrics, request: web.Request) -> web.Response | None:
+    """The answer to a plain GET/HEAD whose stored response is fresh (``HIT``), or None.
+
+    The PoP's fast answer (``observability.middleware.FastAnswer``): a request with
+    ``Cache-Control``, ``Pragma`` or ``Range`` takes the full path (``EdgeCache.handle``), as
+    does anything that is not a fresh hit; a fresh hit is answered exactly as ``handle`` would.
+    """
+    method = request.method
+    if method != "GET" and method != "HEAD":
+        return None
+    headers = request.headers
+    if "Cache-Control" in headers or "Pragma" in headers or "Range" in headers:
+        return None
+    entry = store.get(request.raw_path, headers)
+    if entry is None:
+        return None
+    age = entry.age(time.time())
+    cc = entry.cache_control
+    if entry.lifetime - age <= 0 or cc.no_cache:  # policy.reuse's FRESH, no request directives
+        return None
+    return cached_answer(metrics, request, entry, age, "HIT")

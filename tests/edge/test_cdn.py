@@ -8,17 +8,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from edge.cdn import CdnConfig, create_admin, create_app
 from mesh.process import ProcessConfig
+from observability.fastlane import install_fast_lane
+from observability.sampling import ParentBasedRateLimiting
 from tests.edge.support_proxy import Upstream
 from tests.support.processes import free_port
 
 Client = TestClient[web.Request, web.Application]
-ClientFactory = Callable[[web.Application], Awaitable[Client]]
+ClientFactory = Callable[[web.Application | TestServer], Awaitable[Client]]
 TOKEN = "test-token"
 
 
@@ -278,3 +280,50 @@ async def test_unreachable_origin_without_cache_is_502(aiohttp_client: ClientFac
         assert resp.status == 502
         assert resp.headers["X-Cache"] == "MISS"
         assert "trace_id" in await resp.json()
+
+
+async def test_the_fast_lane_answers_fresh_hits_as_the_full_path_does(
+    aiohttp_client: ClientFactory, origin: Upstream
+) -> None:
+    """With no credit for new traces, fresh hits skip routing and the span machinery
+    (``observability.fastlane``); their answers must not differ from the full path's."""
+    process = ProcessConfig(service="cdn-us", instance_id="pop-us", admin_token=TOKEN)
+    registry = CollectorRegistry()
+    provider = TracerProvider(sampler=ParentBasedRateLimiting(0))
+    app = create_app(
+        CdnConfig(process=process, origin_url=origin.url),
+        registry=registry,
+        tracer_provider=provider,
+    )
+    server = TestServer(app)
+    await server.start_server()
+    assert server.runner is not None
+    assert server.runner.server is not None
+    assert install_fast_lane(server.runner.server, app)
+    client = await aiohttp_client(server)
+    path = "/cached/f?cc=max-age=60&etag=1"
+    assert (await _get(client, path))[1] == "MISS"
+
+    async def answer(**headers: str) -> tuple[int, dict[str, str], bytes]:
+        async with client.get(path, headers=headers) as resp:
+            kept = {k.lower(): v for k, v in resp.headers.items() if k not in ("Age", "Date")}
+            return resp.status, kept, await resp.read()
+
+    traced = await answer(traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    fast = await answer()
+    assert fast == traced
+    assert fast[1]["x-cache"] == "HIT"
+    etag = fast[1]["etag"]
+    status, headers, body = await answer(**{"If-None-Match": etag})
+    assert (status, headers["x-cache"], body) == (304, "HIT", b"")
+    # A request with its own cache directives takes the full path.
+    status, headers, _ = await answer(**{"Cache-Control": "no-cache"})
+    assert (status, headers["x-cache"]) == (200, "REVALIDATED")
+    assert origin.state.hits["f"] == 2
+    hits = registry.get_sample_value("cdn_cache_requests_total", {"result": "hit"})
+    assert hits == 3.0
+    counted = registry.get_sample_value(
+        "http_server_requests_total", {"method": "GET", "route": "/{tail}", "code": "200"}
+    )
+    assert counted == 4.0  # the miss, the traced hit, the fast hit, the revalidation
+    provider.shutdown()

@@ -18,6 +18,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from mesh.errors import ConfigError
 from mesh.process import ProcessConfig
 from observability.otlp_json import OtlpJsonLinesExporter, span_file_path
+from observability.sampling import ParentBasedRateLimiting, RateLimitingSampler
 from observability.spans import (
     SpanFileStats,
     SpanStatus,
@@ -43,7 +44,20 @@ def test_config_defaults_to_span_files_and_the_process_service(process: ProcessC
     assert config.service_name == "shop"
     assert config.endpoint is None
     assert config.span_file == process.run_dir / "traces" / "shop-1.jsonl"
-    assert config.sampler == "parentbased_always_on"
+    assert config.sampler == "parentbased_ratelimiting"
+    assert config.sampler_arg == 100.0
+    sampler = build_sampler(config.sampler, config.sampler_arg)
+    assert isinstance(sampler, ParentBasedRateLimiting)
+    assert sampler.limiter.per_second == 100.0
+
+
+def test_the_ratio_samplers_keep_their_own_default_argument(process: ProcessConfig) -> None:
+    config = TracingConfig.from_env(process, {"OTEL_TRACES_SAMPLER": "traceidratio"})
+    assert config.sampler_arg == 1.0
+    limited = TracingConfig.from_env(
+        process, {"OTEL_TRACES_SAMPLER": "ratelimiting", "OTEL_TRACES_SAMPLER_ARG": "5"}
+    )
+    assert isinstance(build_sampler(limited.sampler, limited.sampler_arg), RateLimitingSampler)
 
 
 def test_config_reads_the_standard_variables(process: ProcessConfig) -> None:
@@ -81,6 +95,7 @@ def test_config_reads_the_standard_variables(process: ProcessConfig) -> None:
         ({"OTEL_TRACES_SAMPLER": "sometimes"}, "OTEL_TRACES_SAMPLER"),
         ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"}, "[0, 1]"),
         ({"OTEL_TRACES_SAMPLER_ARG": "half"}, "not a number"),
+        ({"OTEL_TRACES_SAMPLER_ARG": "-1"}, "per second"),
     ],
 )
 def test_config_rejects_bad_values(

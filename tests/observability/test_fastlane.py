@@ -1,0 +1,196 @@
+"""Telemetry under the rate-limited sampler: log lines follow the traces; the fast lane."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Sampler
+from prometheus_client import CollectorRegistry
+from structlog.testing import LogCapture
+
+from mesh.process import ProcessConfig
+from observability.app import FAULTS_KEY, create_base_app
+from observability.fastlane import FAST_LANE_KEY, FastLane, install_fast_lane
+from observability.faults import ErrorFault
+from observability.sampling import ParentBasedRateLimiting
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+FAST_BODY = b"from the fast lane"
+
+
+async def slow_path(request: web.Request) -> web.Response:
+    return web.Response(text="from the handler")
+
+
+def fast_answer(request: web.Request) -> web.Response | None:
+    return web.Response(body=FAST_BODY) if request.path.startswith("/fast") else None
+
+
+def provider_with(sampler: Sampler, exporter: InMemorySpanExporter) -> TracerProvider:
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
+
+
+@pytest.fixture
+def no_new_traces(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
+    """The default sampler, out of credit: no new trace is recorded; parents are followed."""
+    provider = provider_with(ParentBasedRateLimiting(0), exporter)
+    yield provider
+    provider.shutdown()
+
+
+ServerFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+def start(
+    aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
+) -> ServerFactory:
+    """Serve an app as ``observability.app.run`` does: its fast lane in front of it."""
+
+    async def serve(app: web.Application) -> TestClient[web.Request, web.Application]:
+        server = TestServer(app)
+        await server.start_server()
+        assert server.runner is not None
+        assert server.runner.server is not None
+        install_fast_lane(server.runner.server, app)
+        return await aiohttp_client(server)
+
+    return serve
+
+
+def build(
+    process: ProcessConfig, registry: CollectorRegistry, provider: TracerProvider
+) -> web.Application:
+    app = create_base_app(process, registry=registry, tracer_provider=provider)
+    resource = app.router.add_resource("/{tail:.*}")
+    resource.add_route("GET", slow_path)
+    app[FAST_LANE_KEY] = FastLane(fast_answer, resource.canonical)
+    return app
+
+
+def requests_counted(registry: CollectorRegistry, code: str = "200") -> float:
+    value = registry.get_sample_value(
+        "http_server_requests_total", {"method": "GET", "route": "/{tail}", "code": code}
+    )
+    return value or 0.0
+
+
+async def test_untraced_requests_get_no_canonical_line_but_failures_do(
+    start: ServerFactory,
+    process: ProcessConfig,
+    no_new_traces: TracerProvider,
+    exporter: InMemorySpanExporter,
+    logs: LogCapture,
+) -> None:
+    app = create_base_app(process, registry=CollectorRegistry(), tracer_provider=no_new_traces)
+    app.router.add_get("/ok", slow_path)
+
+    async def broken(request: web.Request) -> web.Response:
+        raise RuntimeError("boom")
+
+    app.router.add_get("/broken", broken)
+    client = await start(app)
+    assert (await client.get("/ok")).status == 200
+    assert [e for e in logs.entries if e["event"] == "request"] == []
+    assert exporter.get_finished_spans() == ()
+
+    assert (await client.get("/broken")).status == 500
+    (line,) = [e for e in logs.entries if e["event"] == "request"]
+    assert line["status"] == 500
+    assert line["level"] == "warning"
+
+    # A traced request (its parent was sampled) has its span and its line.
+    assert (await client.get("/ok", headers={"traceparent": TRACEPARENT})).status == 200
+    (span,) = exporter.get_finished_spans()
+    lines = [e for e in logs.entries if e["event"] == "request" and e["status"] == 200]
+    assert [line["span_id"] for line in lines] == [format(span.context.span_id, "016x")]
+
+
+async def test_the_fast_lane_answers_untraced_requests_and_counts_them(
+    start: ServerFactory,
+    process: ProcessConfig,
+    registry: CollectorRegistry,
+    no_new_traces: TracerProvider,
+    exporter: InMemorySpanExporter,
+    logs: LogCapture,
+) -> None:
+    client = await start(build(process, registry, no_new_traces))
+    for _ in range(3):
+        resp = await client.get("/fast/a")
+        assert resp.status == 200
+        assert await resp.read() == FAST_BODY
+    assert requests_counted(registry) == 3.0
+    assert (
+        registry.get_sample_value(
+            "http_server_request_duration_seconds_count", {"method": "GET", "route": "/{tail}"}
+        )
+        == 3.0
+    )
+    assert exporter.get_finished_spans() == ()
+    assert [e for e in logs.entries if e["event"] == "request"] == []
+
+    # What the fast answer declines takes the normal path.
+    assert await (await client.get("/slow")).text() == "from the handler"
+    assert requests_counted(registry) == 4.0
+
+
+async def test_traced_requests_and_faults_take_the_normal_path(
+    start: ServerFactory,
+    process: ProcessConfig,
+    registry: CollectorRegistry,
+    no_new_traces: TracerProvider,
+    exporter: InMemorySpanExporter,
+) -> None:
+    app = build(process, registry, no_new_traces)
+    client = await start(app)
+    # A request of a sampled trace gets its span: the handler answers it.
+    resp = await client.get("/fast/a", headers={"traceparent": TRACEPARENT})
+    assert await resp.text() == "from the handler"
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "GET /{tail}"
+
+    # An active fault applies to every request, so none may skip it.
+    app[FAULTS_KEY].set(ErrorFault(rate=1.0, status=503))
+    resp = await client.get("/fast/a")
+    assert resp.status == 503
+    assert requests_counted(registry, "503") == 1.0
+
+
+async def test_no_fast_lane_when_every_request_is_traced(
+    start: ServerFactory,
+    process: ProcessConfig,
+    registry: CollectorRegistry,
+    exporter: InMemorySpanExporter,
+) -> None:
+    provider = provider_with(ALWAYS_ON, exporter)
+    try:
+        app = build(process, registry, provider)
+        assert not install_fast_lane(web.Server(slow_path), app)  # type: ignore[arg-type]
+        client = await start(app)
+        assert await (await client.get("/fast/a")).text() == "from the handler"
+        assert len(exporter.get_finished_spans()) == 1
+    finally:
+        provider.shutdown()
+
+
+async def test_a_fast_answer_that_fails_falls_back_to_the_normal_path(
+    start: ServerFactory,
+    process: ProcessConfig,
+    registry: CollectorRegistry,
+    no_new_traces: TracerProvider,
+) -> None:
+    def broken(request: web.Request) -> web.Response | None:
+        raise ValueError("bad entry")
+
+    app = build(process, registry, no_new_traces)
+    app[FAST_LANE_KEY] = FastLane(broken, "/{tail}")
+    client = await start(app)
+    assert await (await client.get("/fast/a")).text() == "from the handler"

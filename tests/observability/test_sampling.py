@@ -1,0 +1,72 @@
+"""The rate-limiting sampler: at most N new traces a second, parents' decisions followed."""
+
+from __future__ import annotations
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+
+from observability.sampling import ParentBasedRateLimiting, RateLimitingSampler, trace_budget
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def decisions(sampler: RateLimitingSampler, count: int) -> list[bool]:
+    return [
+        sampler.should_sample(None, trace_id=i + 1, name="GET /").decision
+        is Decision.RECORD_AND_SAMPLE
+        for i in range(count)
+    ]
+
+
+def test_it_samples_up_to_the_rate_then_refills_with_time() -> None:
+    clock = Clock()
+    sampler = RateLimitingSampler(3, clock=clock)
+    assert decisions(sampler, 5) == [True, True, True, False, False]
+    clock.now += 0.34  # one credit back
+    assert decisions(sampler, 2) == [True, False]
+    clock.now += 60  # a quiet minute gives one second's worth, not sixty
+    assert decisions(sampler, 5) == [True, True, True, False, False]
+
+
+def test_would_sample_peeks_without_taking_a_credit() -> None:
+    clock = Clock()
+    sampler = RateLimitingSampler(1, clock=clock)
+    assert sampler.would_sample()
+    assert sampler.would_sample()
+    assert decisions(sampler, 1) == [True]
+    assert not sampler.would_sample()
+    clock.now += 1
+    assert sampler.would_sample()
+
+
+def test_zero_samples_nothing() -> None:
+    sampler = RateLimitingSampler(0)
+    assert decisions(sampler, 3) == [False, False, False]
+    assert not sampler.would_sample()
+
+
+def test_parent_based_follows_the_parent_and_limits_only_new_traces() -> None:
+    provider = TracerProvider(sampler=ParentBasedRateLimiting(0))
+    tracer = provider.get_tracer("test")
+    # No credit for new traces: a root span is not recorded...
+    assert not tracer.start_span("root").is_recording()
+    # ...but a child of a sampled remote parent is, and one of an unsampled parent is not.
+    for flags, recorded in ((TraceFlags.SAMPLED, True), (TraceFlags.DEFAULT, False)):
+        parent = SpanContext(trace_id=7, span_id=9, is_remote=True, trace_flags=TraceFlags(flags))
+        context = set_span_in_context(NonRecordingSpan(parent))
+        assert tracer.start_span("child", context=context).is_recording() is recorded
+
+
+def test_trace_budget_finds_the_limiter_of_our_samplers_only() -> None:
+    limiter = RateLimitingSampler(5)
+    assert trace_budget(limiter) is limiter
+    parent_based = ParentBasedRateLimiting(5)
+    assert trace_budget(parent_based) is parent_based.limiter
+    assert trace_budget(ALWAYS_ON) is None
