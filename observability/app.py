@@ -56,6 +56,7 @@ from observability.keys import (
 from observability.logs import configure_logging, get_logger
 from observability.metrics import HttpMetrics, metrics_handler
 from observability.middleware import make_telemetry_middleware
+from observability.sampling import unsampled_span_maker
 from observability.tracing import build_tracer_provider, tracer_name
 
 __all__ = [
@@ -110,7 +111,11 @@ def create_base_app(
             # Request faults are applied inside the telemetry middleware (one layer less per
             # request than a separate fault middleware; same order: telemetry outermost).
             make_telemetry_middleware(
-                provider.get_tracer(tracer_name), metrics, in_flight, faults=faults
+                provider.get_tracer(tracer_name),
+                metrics,
+                in_flight,
+                faults=faults,
+                unsampled=unsampled_span_maker(provider),
             ),
         ]
     )

@@ -46,6 +46,7 @@ from observability.errors import json_error
 from observability.health import InFlight
 from observability.logs import get_logger
 from observability.metrics import UNMATCHED, HttpMetrics, route_template
+from observability.sampling import UnsampledSpan
 
 if TYPE_CHECKING:
     from observability.faults import FaultController
@@ -187,12 +188,14 @@ def make_telemetry_middleware(
     in_flight: InFlight,
     *,
     faults: FaultController | None = None,
+    unsampled: UnsampledSpan | None = None,
 ) -> Middleware:
     """The outermost middleware of a public app.
 
     With ``faults``, request faults are applied here too (to every route but the quiet ones),
     so no separate fault middleware is needed; the in-flight gauge of ``metrics`` is bound to
-    ``in_flight``.
+    ``in_flight``. ``unsampled`` (``observability.sampling.unsampled_span_maker``) makes the
+    span of a request the sampler will drop more cheaply than ``tracer.start_span``.
     """
     metrics.in_flight.set_function(lambda: in_flight.count)
     span_names: dict[tuple[str, str], str] = {}
@@ -225,15 +228,19 @@ def make_telemetry_middleware(
         try:
             if route in QUIET_ROUTES:
                 return await _observe(request, handler, None, method, route, metrics, None)
-            span = tracer.start_span(
-                span_name(method, route),
-                context=_propagator.extract(request.headers),
-                kind=SpanKind.SERVER,
-                record_exception=False,
-                set_status_on_exception=False,
-            )
-            if span.is_recording():  # not sampled: no attributes to build
-                span.set_attributes(_start_attributes(request, method, route, address(request)))
+            parent = _propagator.extract(request.headers)
+            span = unsampled(parent) if unsampled is not None else None
+            if span is None:
+                span = tracer.start_span(
+                    span_name(method, route),
+                    context=parent,
+                    kind=SpanKind.SERVER,
+                    record_exception=False,
+                    set_status_on_exception=False,
+                )
+                if span.is_recording():  # not sampled: no attributes to build
+                    attributes = _start_attributes(request, method, route, address(request))
+                    span.set_attributes(attributes)
             # What ``start_as_current_span`` does, without its context-manager layers.
             token = context_api.attach(set_span_in_context(span))
             try:

@@ -19,12 +19,27 @@ import time
 from collections.abc import Callable, Sequence
 
 from opentelemetry.context import Context
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult
-from opentelemetry.trace import Link, SpanKind, get_current_span
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    get_current_span,
+)
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 
-__all__ = ["ParentBasedRateLimiting", "RateLimitingSampler", "trace_budget"]
+__all__ = [
+    "ParentBasedRateLimiting",
+    "RateLimitingSampler",
+    "UnsampledSpan",
+    "trace_budget",
+    "unsampled_span_maker",
+]
 
 
 class RateLimitingSampler(Sampler):
@@ -91,3 +106,54 @@ def trace_budget(sampler: Sampler) -> RateLimitingSampler | None:
     if isinstance(sampler, ParentBasedRateLimiting):
         return sampler.limiter
     return None
+
+
+UnsampledSpan = Callable[[Context], Span | None]
+"""The span for a request that will not be sampled, or None when it will be (see below)."""
+
+
+def unsampled_span_maker(provider: TracerProvider) -> UnsampledSpan | None:
+    """What ``Tracer.start_span`` makes for a span the sampler drops, made without the SDK's
+    span machinery (~1 us instead of ~5 us), for the rate-limited samplers only.
+
+    Given the extracted context of an incoming request: a child of a parent that is not
+    sampled, or a new trace the budget has no credit for, gets a ``NonRecordingSpan`` with the
+    ids and trace state the SDK would give it (so the decision still propagates downstream);
+    anything that may be sampled returns None and goes through ``start_span``. None when the
+    provider's sampler is not ``ParentBasedRateLimiting``.
+    """
+    sampler = provider.sampler
+    if not isinstance(sampler, ParentBasedRateLimiting):
+        return None
+    budget = sampler.limiter
+    ids = provider.id_generator
+    # Not sampled; "random trace id" (W3C level 2) as start_span sets it.
+    random_flag = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
+    root_flags = random_flag if ids.is_trace_id_random() else TraceFlags(TraceFlags.DEFAULT)
+
+    def make(parent_context: Context) -> Span | None:
+        parent = get_current_span(parent_context).get_span_context()
+        if parent.is_valid:
+            if parent.trace_flags.sampled:
+                return None
+            return NonRecordingSpan(
+                SpanContext(
+                    parent.trace_id,
+                    ids.generate_span_id(),
+                    is_remote=False,
+                    trace_flags=TraceFlags(parent.trace_flags & random_flag),
+                    trace_state=parent.trace_state,
+                )
+            )
+        if budget.would_sample():
+            return None
+        return NonRecordingSpan(
+            SpanContext(
+                ids.generate_trace_id(),
+                ids.generate_span_id(),
+                is_remote=False,
+                trace_flags=root_flags,
+            )
+        )
+
+    return make

@@ -11,6 +11,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Sampler
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry
 from structlog.testing import LogCapture
 
@@ -194,3 +195,33 @@ async def test_a_fast_answer_that_fails_falls_back_to_the_normal_path(
     app[FAST_LANE_KEY] = FastLane(broken, "/{tail}")
     client = await start(app)
     assert await (await client.get("/fast/a")).text() == "from the handler"
+
+
+async def test_an_untraced_request_still_passes_its_decision_downstream(
+    start: ServerFactory, process: ProcessConfig, no_new_traces: TracerProvider
+) -> None:
+    """Its span is made without the SDK (``unsampled_span_maker``) but still propagates."""
+    seen: list[str] = []
+
+    async def calls_downstream(request: web.Request) -> web.Response:
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(carrier)
+        seen.append(carrier["traceparent"])
+        return web.Response(text="ok")
+
+    app = create_base_app(process, registry=CollectorRegistry(), tracer_provider=no_new_traces)
+    app.router.add_get("/call", calls_downstream)
+    client = await start(app)
+    await client.get("/call")
+    unsampled_parent = TRACEPARENT[:-2] + "00"
+    await client.get("/call", headers={"traceparent": unsampled_parent})
+    first, second = seen
+
+    def sampled(traceparent: str) -> bool:
+        return bool(int(traceparent.split("-")[3], 16) & 1)
+
+    assert not sampled(first)
+    assert first.split("-")[1] != TRACEPARENT.split("-")[1]
+    assert second.split("-")[1] == TRACEPARENT.split("-")[1]
+    assert second.split("-")[2] != TRACEPARENT.split("-")[2]  # a span of its own
+    assert not sampled(second)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+from opentelemetry.trace.span import TraceState
 
-from observability.sampling import ParentBasedRateLimiting, RateLimitingSampler, trace_budget
+from observability.sampling import (
+    ParentBasedRateLimiting,
+    RateLimitingSampler,
+    trace_budget,
+    unsampled_span_maker,
+)
 
 
 class Clock:
@@ -70,3 +77,55 @@ def test_trace_budget_finds_the_limiter_of_our_samplers_only() -> None:
     parent_based = ParentBasedRateLimiting(5)
     assert trace_budget(parent_based) is parent_based.limiter
     assert trace_budget(ALWAYS_ON) is None
+
+
+def remote_parent(flags: int, state: str = "") -> Context:
+    context = SpanContext(
+        trace_id=0xABC,
+        span_id=0xDEF,
+        is_remote=True,
+        trace_flags=TraceFlags(flags),
+        trace_state=TraceState.from_header([state]) if state else TraceState(),
+    )
+    return set_span_in_context(NonRecordingSpan(context))
+
+
+def test_unsampled_spans_carry_what_the_sdk_would_give_them() -> None:
+    provider = TracerProvider(sampler=ParentBasedRateLimiting(0))
+    make = unsampled_span_maker(provider)
+    assert make is not None
+    tracer = provider.get_tracer("test")
+
+    # A new trace without credit: fresh valid ids, not sampled, as start_span would make.
+    new = make(Context())
+    assert new is not None
+    assert not new.is_recording()
+    ids = new.get_span_context()
+    assert ids.is_valid
+    assert not ids.trace_flags.sampled
+    sdk = tracer.start_span("root").get_span_context()
+    assert (sdk.trace_flags, sdk.trace_state) == (ids.trace_flags, ids.trace_state)
+
+    # The child of an unsampled parent: its trace, a new span id, the parent's trace state.
+    parent = remote_parent(TraceFlags.DEFAULT, "vendor=1")
+    child = make(parent)
+    assert child is not None
+    ids = child.get_span_context()
+    sdk = tracer.start_span("child", context=parent).get_span_context()
+    assert (ids.trace_id, ids.trace_flags, ids.trace_state) == (
+        sdk.trace_id,
+        sdk.trace_flags,
+        sdk.trace_state,
+    )
+    assert ids.span_id != 0xDEF
+
+    # What may be sampled goes through start_span.
+    assert make(remote_parent(TraceFlags.SAMPLED)) is None
+    with_credit = unsampled_span_maker(TracerProvider(sampler=ParentBasedRateLimiting(5)))
+    assert with_credit is not None
+    assert with_credit(Context()) is None
+
+
+def test_no_shortcut_for_other_samplers() -> None:
+    assert unsampled_span_maker(TracerProvider(sampler=ALWAYS_ON)) is None
+    assert unsampled_span_maker(TracerProvider(sampler=RateLimitingSampler(1))) is None
