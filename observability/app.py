@@ -212,7 +212,8 @@ async def _listening(
     )
     await runner.setup()
     assert runner.server is not None
-    install_fast_lane(runner.server, app)  # when the app has one (observability.fastlane)
+    if install_fast_lane(runner.server, app):  # when it has one (observability.fastlane)
+        _log.info("fast_lane_on", port=port)
     try:
         await web.TCPSite(runner, host, port).start()
         yield runner

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 import pytest
 
+from observability.spans import SpanKind, load_spans
 from tests.support.processes import Spawner
 
 pytestmark = pytest.mark.slow
@@ -54,3 +57,41 @@ async def test_pop_process_caches_purges_and_serves_stale_when_origin_dies(
         # The purge route lives on the admin port only.
         async with session.post(pop.url + "/admin/purge", json={"all": True}) as resp:
             assert resp.status == 502  # proxied to the (dead) origin, never handled locally
+
+
+async def test_pop_process_answers_untraced_hits_in_its_fast_lane(
+    spawner: Spawner, tmp_path: Path
+) -> None:
+    """With no credit for new traces (OTEL_TRACES_SAMPLER_ARG=0) the process serves fresh hits
+    from its fast lane: counted, not traced; a request of a sampled trace is traced."""
+    origin = spawner.start("tests.edge.support_proxy", name="origin")
+    await origin.wait_ready()
+    pop = spawner.start(
+        "edge.cdn",
+        name="pop-fast",
+        env={
+            "TESTBED_REGION": "us",
+            "CDN_ORIGIN_URL": origin.url,
+            "TESTBED_RUN_DIR": str(tmp_path),
+            "OTEL_TRACES_SAMPLER_ARG": "0",
+        },
+    )
+    await pop.wait_ready()
+    path = "/cached/fast?cc=max-age=60"
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        seen = []
+        for headers in ({}, {}, {}, {"traceparent": traceparent}):
+            async with session.get(pop.url + path, headers=headers) as resp:
+                assert resp.status == 200
+                seen.append(resp.headers["X-Cache"])
+        assert seen == ["MISS", "HIT", "HIT", "HIT"]
+        async with session.get(pop.url + "/metrics") as resp:
+            text = await resp.text()
+    assert 'cdn_cache_requests_total{result="hit"} 3.0' in text
+    assert 'http_server_requests_total{code="200",method="GET",route="/{tail}"} 4.0' in text
+    pop.stop(timeout=5)  # flushes its span file
+    assert '"event":"fast_lane_on"' in pop.log_path.read_text()
+    spans = load_spans(tmp_path)
+    servers = [s for s in spans if s.kind is SpanKind.SERVER]
+    assert [s.trace_id for s in servers] == ["0af7651916cd43dd8448eb211c80319c"]
