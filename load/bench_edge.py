@@ -114,7 +114,7 @@ async def _core_app(kind: str, target: str) -> web.Application:
     process = ProcessConfig(service=kind, instance_id=f"{kind}-core")
     app = web.Application()
     if kind == "lb-core":
-        from edge.balancer.app import client_session
+        from edge.balancer.app import add_proxy_route, upstream_client
         from edge.balancer.config import BalancerConfig
         from edge.balancer.metrics import BalancerMetrics
         from edge.balancer.pool import UpstreamPool
@@ -123,8 +123,8 @@ async def _core_app(kind: str, target: str) -> web.Application:
         lb_config = BalancerConfig(process=process)
         metrics = BalancerMetrics(CollectorRegistry())
         pool = UpstreamPool(lb_config, StaticDiscovery({"gateway": target.split(",")}), metrics)
-        proxy = Proxy(lb_config, pool, client_session(lb_config), metrics)
-        app.router.add_route("*", "/{tail:.*}", proxy.handle)
+        proxy = Proxy(lb_config, pool, upstream_client(lb_config), metrics)
+        add_proxy_route(app, proxy.handle)
     else:
         from edge.cdn.app import origin_session
         from edge.cdn.cache import EdgeCache

@@ -16,7 +16,10 @@ gateway replicas for static discovery):
                                  (default 30)
 ``BALANCER_TOTAL_TIMEOUT``       cap on one whole upstream exchange (default 300)
 ``BALANCER_POOL_SIZE``           keep-alive connections in total (default 512)
-``BALANCER_POOL_PER_HOST``       ... per instance (default 128)
+``BALANCER_POOL_PER_HOST``       ... per instance (default 128); a request finding them all busy
+                                 waits up to BALANCER_CONNECT_TIMEOUT for one, then 503
+``BALANCER_IDLE_TIMEOUT``        seconds an unused keep-alive connection stays open (default 30;
+                                 keep it below the instances' own keep-alive timeout)
 ``BALANCER_RETRIES``             extra attempts on another instance when safe (default 2)
 ``BALANCER_OUTLIER_FAILURES``    consecutive failures that eject an instance (default 3)
 ``BALANCER_EJECTION_SECONDS``    base ejection time (default 5)
@@ -54,6 +57,7 @@ class BalancerConfig:
     total_timeout: float = 300.0
     pool_size: int = 512
     pool_per_host: int = 128
+    idle_timeout: float = 30.0
     retries: int = 2
     outlier_failures: int = 3
     ejection_seconds: float = 5.0
@@ -87,6 +91,7 @@ class BalancerConfig:
             total_timeout=env_float(e, "BALANCER_TOTAL_TIMEOUT", 300.0, minimum=0.01),
             pool_size=env_int(e, "BALANCER_POOL_SIZE", 512, minimum=1),
             pool_per_host=env_int(e, "BALANCER_POOL_PER_HOST", 128, minimum=1),
+            idle_timeout=env_float(e, "BALANCER_IDLE_TIMEOUT", 30.0, minimum=0.01),
             retries=env_int(e, "BALANCER_RETRIES", 2, minimum=0),
             outlier_failures=env_int(e, "BALANCER_OUTLIER_FAILURES", 3, minimum=1),
             ejection_seconds=env_float(e, "BALANCER_EJECTION_SECONDS", 5.0, minimum=0.01),

@@ -1,45 +1,77 @@
 """Forwarding one request to an upstream instance and streaming the answer back.
 
-The hot path of the load balancer, kept lean: one shared ``ClientSession`` (keep-alive pool),
-no per-request allocations beyond the headers, bodies up to ``buffer_bytes`` read whole (one
-write each way), larger ones streamed chunk by chunk in both directions so a large body is
-never held in memory.
+The hot path of the load balancer, kept lean: the request head is written as bytes from the
+raw request fields (``headers.RequestHeadWriter``), sent over a pooled keep-alive connection of
+the balancer's own HTTP/1.1 client (``edge.balancer.upstream``: why it is hand-written is said
+there), and the answer relayed. Bodies up to ``buffer_bytes`` are read whole (one write each
+way, and a request body can be replayed on a retry); larger ones, or of unknown length, are
+streamed chunk by chunk in both directions so a large body is never held in memory.
 
 Failure handling:
 
 - connection refused / connect timeout: nothing reached the instance, so any request is retried
   on another instance (the instance is taken out at once); when none is left, 502.
-- connection reset before the answer: retried only for idempotent methods with a replayable
-  body; otherwise 502.
-- no answer within ``read_timeout``: 504, not retried (it would only multiply the wait).
+- every pooled connection to the instance busy for ``connect_timeout``: 503, not retried (the
+  instance is loaded, not broken; like HAProxy's queue timeout).
+- a reused keep-alive connection found closed before one byte of answer came back (the
+  upstream closed it while idle): the request goes once more to the same instance on a fresh
+  connection, if it is idempotent with a replayable body, or if not a byte of it was written.
+  A non-idempotent request (POST, PATCH) that was written is not repeated: the instance might
+  have acted on it before closing, so the client gets a 502, as for any reset (the rule of
+  Go's ``net/http`` Transport). Idle connections close after ``idle_timeout``, below the
+  instances' own keep-alive timeout, so the race stays rare.
+- connection reset, or an answer that is not HTTP, before the answer's headers: retried on
+  another instance only for idempotent methods with a replayable body; otherwise 502.
+- no answer within ``read_timeout`` (or the exchange beyond ``total_timeout``): 504, not retried
+  (it would only multiply the wait).
 - a failure after the answer started: the client connection is closed (a truncated body is the
   only honest signal left).
 
 Client disconnects cancel the handler (``handler_cancellation``), which closes the upstream
-connection; a failed write while streaming does the same.
+connection (it cannot be reused mid-answer); a failed write while streaming does the same.
+
+``relay_response``, ``stream_rest`` and ``problem`` also serve the CDN PoP, whose origin side
+uses aiohttp's client.
 """
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections.abc import Mapping, Sequence
 
 import aiohttp
 from aiohttp import web
 from aiohttp.streams import StreamReader
-from multidict import CIMultiDict
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from edge.balancer.config import BalancerConfig
-from edge.balancer.headers import downstream_response_headers, upstream_request_headers
-from edge.balancer.metrics import BalancerMetrics
+from edge.balancer.headers import (
+    RequestHeadWriter,
+    ResponseHeaderFilter,
+    downstream_response_headers,
+)
+from edge.balancer.metrics import BalancerMetrics, InstanceMetrics
 from edge.balancer.pool import UpstreamPool
+from edge.balancer.upstream import (
+    ConnectFailed,
+    PoolExhausted,
+    UpstreamClient,
+    UpstreamConnection,
+    UpstreamError,
+    UpstreamReset,
+    UpstreamTimeout,
+)
 from mesh.discovery import Instance
 from observability.errors import error_body
 from observability.logs import get_logger
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+# Methods whose requests carry content by definition: an empty one says so (Content-Length: 0).
+_CONTENT_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _NO_BODY_STATUSES = frozenset({204, 304})
+_METHODS = {
+    m: m.encode("ascii") for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+}
 _CHUNK = 64 * 1024
 _propagator = TraceContextTextMapPropagator()  # stateless codec, not a singleton resource
 _log = get_logger("edge.balancer.proxy")
@@ -52,14 +84,6 @@ def problem(status: int, code: str, message: str, **extra: object) -> web.Respon
     return web.json_response(body, status=status, content_type="application/problem+json")
 
 
-class _Retryable(Exception):
-    """The attempt failed in a way that is safe to repeat on another instance."""
-
-    def __init__(self, answer: web.Response) -> None:
-        super().__init__(answer.status)
-        self.answer = answer
-
-
 class Proxy:
     """The balancer's request handler."""
 
@@ -67,20 +91,33 @@ class Proxy:
         self,
         config: BalancerConfig,
         pool: UpstreamPool,
-        session: aiohttp.ClientSession,
+        client: UpstreamClient,
         metrics: BalancerMetrics,
     ) -> None:
         self.config = config
         self.pool = pool
-        self.session = session
+        self.client = client
         self.metrics = metrics
         self.via = config.process.instance_id
+        self._head = RequestHeadWriter(self.via)
+        self._answer_headers = ResponseHeaderFilter(self.via)
         self._hash_header = config.hash_header
         self._consistent = config.policy == "consistent_hash"
+        self._buffer_bytes = config.buffer_bytes
+        self._attempts = 1 + config.retries
+        # Only least_request reads the balancer's in-flight counts: skip them otherwise.
+        self._in_flight = config.policy == "least_request"
+        self._stats: dict[str, InstanceMetrics] = {}
+
+    def _stats_for(self, instance: Instance) -> InstanceMetrics:
+        stats = self._stats.get(instance.id)
+        if stats is None:
+            stats = self._stats[instance.id] = self.metrics.instance(instance.id)
+            address, client = instance.address, self.client
+            self.metrics.track_active(instance.id, lambda: client.in_use(address))
+        return stats
 
     def _hash_key(self, request: web.Request) -> str | None:
-        if not self._consistent:
-            return None
         if self._hash_header is not None:
             value = request.headers.get(self._hash_header)
             if value is not None:
@@ -89,101 +126,167 @@ class Proxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         method = request.method
-        headers = upstream_request_headers(request, via=self.via)
-        _propagator.inject(headers)
-        body: bytes | StreamReader | None = None
-        replayable = True
+        carrier: dict[str, str] = {}
+        _propagator.inject(carrier)  # W3C traceparent of the current span, if any
+        lines = self._head.lines(request, carrier)
+        body: bytes | None = None
+        stream: StreamReader | None = None
+        length: int | None = None
         if request.body_exists:
             length = request.content_length
-            if length is not None and length <= self.config.buffer_bytes:
+            if length is not None and length <= self._buffer_bytes:
                 body = await request.read()
             else:
-                body = request.content
-                replayable = False
-        safe_to_repeat = replayable and method in IDEMPOTENT_METHODS
-        key = self._hash_key(request)
-        balancer = self.pool.balancer
+                stream = request.content
+        if stream is not None:
+            framing = (
+                b"Transfer-Encoding: chunked\r\n"
+                if length is None
+                else b"Content-Length: %d\r\n" % length
+            )
+        elif body or method in _CONTENT_METHODS:
+            framing = b"Content-Length: %d\r\n" % len(body or b"")
+        else:
+            framing = b""
+        target = request.raw_path.encode("utf-8", "surrogateescape")
+        method_b = _METHODS.get(method) or method.encode("ascii")
+        safe = stream is None and method in IDEMPOTENT_METHODS  # may be sent twice
+        no_body = method == "HEAD"
+        key = self._hash_key(request) if self._consistent else None
+        pool = self.pool
+        balancer = pool.balancer
+        client = self.client
+        loop = client.loop
         tried: list[Instance] = []
         answer: web.Response | None = None
-        for _ in range(1 + self.config.retries):
-            candidates: Sequence[Instance] = self.pool.candidates()
+        for _ in range(self._attempts):
+            candidates: Sequence[Instance] = pool.candidates()
             if not candidates:
                 self.metrics.no_upstream.inc()
-                return problem(502, "unavailable", f"no instance of {self.pool.service} is known")
+                return problem(502, "unavailable", f"no instance of {pool.service} is known")
             instance = balancer.pick(candidates, key, exclude=tried)
             if instance in tried:
                 break  # every candidate failed this request already
             if tried:
                 self.metrics.retries.labels(tried[-1].id).inc()
             tried.append(instance)
+            # -- one attempt on `instance` --
+            stats = self._stats.get(instance.id) or self._stats_for(instance)
+            host = client.hosts.get(instance.address) or client.host(instance.address)
+            head = b"".join(
+                (method_b, b" ", target, b" HTTP/1.1\r\n", host.host_line, lines, framing, b"\r\n")
+            )
+            if self._in_flight:
+                balancer.begin(instance)
+            started = loop.time()
+            conn: UpstreamConnection | None = None
             try:
-                return await self._attempt(request, instance, method, headers, body, safe_to_repeat)
-            except _Retryable as exc:
-                answer = exc.answer
+                try:
+                    conn = host.take_idle() or await host.acquire()
+                    try:
+                        if stream is None:
+                            await conn.send(head, body, no_body)
+                        else:
+                            await conn.send_streamed(head, stream, length=length, no_body=no_body)
+                    except UpstreamReset as exc:
+                        if conn.status or not exc.stale or not (exc.unsent or safe):
+                            raise
+                        # The keep-alive race: the instance closed this idle connection, so it
+                        # processed nothing. Once more, on a fresh connection.
+                        host.release(conn)
+                        conn = None
+                        conn = await host.acquire(fresh=True)
+                        if stream is None:
+                            await conn.send(head, body, no_body)
+                        else:
+                            await conn.send_streamed(head, stream, length=length, no_body=no_body)
+                except UpstreamError as exc:
+                    if conn is not None and conn.status:
+                        # The headers came, then the (small) body broke off: it answered.
+                        stats.done(conn.status, conn.headers_at - started)
+                        self._judge(instance, conn.status)
+                        return _broken_off(exc)
+                    stats.done(exc.code, loop.time() - started)
+                    answer, retry = self._failed(instance, exc, safe)
+                    if retry:
+                        continue
+                    return answer
+                status = conn.status
+                stats.done(status, conn.headers_at - started)
+                if status >= 500:
+                    balancer.record_failure(instance)
+                else:
+                    balancer.record_success(instance)
+                headers = self._answer_headers.items(conn.headers)
+                reason = conn.reason.decode("latin-1") or None
+                if conn.streaming:
+                    return await self._stream(request, conn, status, reason, headers)
+                if no_body or status in _NO_BODY_STATUSES:
+                    if no_body and conn.content_length is not None:
+                        headers.append(("Content-Length", str(conn.content_length)))
+                    return web.Response(status=status, reason=reason, headers=headers)
+                return web.Response(status=status, reason=reason, body=conn.body(), headers=headers)
+            finally:
+                if conn is not None:
+                    host.release(conn)  # pooled if the exchange completed cleanly, else closed
+                if self._in_flight:
+                    balancer.end(instance)
         assert answer is not None
         return answer
 
-    async def _attempt(
+    def _judge(self, instance: Instance, status: int) -> None:
+        if status >= 500:
+            self.pool.balancer.record_failure(instance)
+        else:
+            self.pool.balancer.record_success(instance)
+
+    def _failed(
+        self, instance: Instance, exc: UpstreamError, safe: bool
+    ) -> tuple[web.Response, bool]:
+        """The answer for an attempt that got none, and whether another instance may be
+        tried."""
+        if isinstance(exc, ConnectFailed):
+            self.pool.connect_failed(instance)
+            _log.warning("upstream_connect_failed", upstream=instance.id, error=str(exc))
+            return problem(502, "unavailable", f"cannot connect to {instance.id}"), True
+        if isinstance(exc, PoolExhausted):
+            _log.warning("upstream_pool_full", upstream=instance.id, error=str(exc))
+            return problem(503, "unavailable", f"every connection to {instance.id} is busy"), False
+        self.pool.balancer.record_failure(instance)
+        if isinstance(exc, UpstreamTimeout):
+            _log.warning("upstream_timeout", upstream=instance.id, error=str(exc))
+            answer = problem(504, "deadline_exceeded", f"{instance.id} did not answer in time")
+            return answer, False
+        _log.warning("upstream_reset", upstream=instance.id, error=str(exc), code=exc.code)
+        return problem(502, "unavailable", f"{instance.id} closed the connection"), safe
+
+    async def _stream(
         self,
         request: web.Request,
-        instance: Instance,
-        method: str,
-        headers: CIMultiDict[str],
-        body: bytes | StreamReader | None,
-        safe_to_repeat: bool,
+        conn: UpstreamConnection,
+        status: int,
+        reason: str | None,
+        headers: list[tuple[str, str]],
     ) -> web.StreamResponse:
-        balancer = self.pool.balancer
-        active = self.metrics.active_for(instance.id)
-        balancer.begin(instance)
-        active.inc()
-        started = time.perf_counter()
-        code = "error"
+        """Relay a large or unknown-length body chunk by chunk (never whole in memory)."""
+        response = web.StreamResponse(status=status, reason=reason, headers=headers)
+        if conn.content_length is not None:
+            response.content_length = conn.content_length
+        await response.prepare(request)
         try:
-            try:
-                upstream = await self.session.request(
-                    method,
-                    instance.base_url + request.raw_path,
-                    headers=headers,
-                    data=body,
-                    allow_redirects=False,
-                )
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-                code = "connect_error"
-                self.pool.connect_failed(instance)
-                _log.warning("upstream_connect_failed", upstream=instance.id, error=str(exc))
-                raise _Retryable(
-                    problem(502, "unavailable", f"cannot connect to {instance.id}")
-                ) from None
-            except (aiohttp.ServerTimeoutError, TimeoutError):
-                code = "timeout"
-                balancer.record_failure(instance)
-                _log.warning("upstream_timeout", upstream=instance.id)
-                return problem(504, "deadline_exceeded", f"{instance.id} did not answer in time")
-            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
-                code = "reset"
-                balancer.record_failure(instance)
-                _log.warning("upstream_reset", upstream=instance.id, error=str(exc))
-                answer = problem(502, "unavailable", f"{instance.id} closed the connection")
-                if safe_to_repeat:
-                    raise _Retryable(answer) from None
-                return answer
-            code = str(upstream.status)
-            self.metrics.request_done(instance.id, code, time.perf_counter() - started)
-            if upstream.status >= 500:
-                balancer.record_failure(instance)
-            else:
-                balancer.record_success(instance)
-            try:
-                return await relay_response(
-                    request, upstream, via=self.via, buffer_bytes=self.config.buffer_bytes
-                )
-            finally:
-                upstream.release()
-        finally:
-            if code in ("connect_error", "timeout", "reset"):
-                self.metrics.request_done(instance.id, code, time.perf_counter() - started)
-            balancer.end(instance)
-            active.dec()
+            async with asyncio.timeout_at(conn.deadline):
+                while chunk := await conn.read_chunk():
+                    await response.write(chunk)
+            await response.write_eof()
+        except (UpstreamError, TimeoutError, ConnectionError) as exc:
+            # The upstream broke mid-body, or the client left or stalled: stop both sides.
+            # The status line is already sent, so closing the client connection is the only
+            # signal left.
+            conn.close()
+            if request.transport is not None:
+                request.transport.close()
+            _log.warning("stream_aborted", error=type(exc).__name__)
+        return response
 
 
 async def relay_response(
@@ -237,6 +340,12 @@ async def stream_rest(
         if request.transport is not None:
             request.transport.close()
         _log.warning("stream_aborted", error=type(exc).__name__)
+
+
+def _broken_off(exc: UpstreamError) -> web.Response:
+    if isinstance(exc, UpstreamTimeout):
+        return problem(504, "deadline_exceeded", "upstream did not finish its answer in time")
+    return problem(502, "unavailable", "upstream broke off its answer")
 
 
 def _failed_before_answer(exc: BaseException) -> web.Response:
