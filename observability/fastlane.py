@@ -1,18 +1,24 @@
-"""The fast lane: requests answered before routing, when they will not be traced anyway.
+"""The fast lane: requests served before routing, when they will not be traced anyway.
 
-A component may give its app a *fast answer* (``FastLane``): a synchronous function that
-answers a request at once, or returns None to let it take the normal path (routing, the
-telemetry middleware, the handler). It is tried only for a request that would get no span
-anyway: no incoming ``traceparent``, the rate-limited sampler out of credit for new traces
-just now (``observability.sampling``), and no fault active in the process. Its answers are
-counted in the RED metrics under the route they stand in for, like any other request, and get
-neither span nor canonical log line, which is what the sampler would have decided for them.
+A component may give its app a ``FastLane`` for its catch-all route, tried only for a request
+that would get no recorded span anyway: no incoming ``traceparent``, the rate-limited sampler
+out of credit for new traces just now (``observability.sampling``), no fault active in the
+process, not one of the quiet routes (``/healthz``, ``/readyz``, ``/metrics``). Such a request
+skips the router, the middleware chain and the span machinery, which together cost a
+saturated edge hop more than its own work. Everything the telemetry middleware would have
+recorded for it is still recorded: the RED metrics under the route the lane stands in for, the
+in-flight count (so a draining process waits for it), a canonical log line if it fails (5xx),
+and a span context that is not sampled, so the decision still propagates downstream.
 
-The CDN PoP answers fresh cache hits this way: below the sampler's rate (the experiments'
-loads) every hit takes the normal path and is traced; a saturated PoP answers its hits nearly
-as cheaply as a bare aiohttp handler (the figure ``load.bench_edge`` measures), since a hit
-skips the router, the middleware chain and the span machinery, which together cost more than
-the hit itself.
+Two kinds:
+
+``answer``   synchronous: answers at once or returns None to send the request down the normal
+             path. The CDN PoP answers fresh cache hits this way.
+``handler``  asynchronous: handles every such request, as the route's handler would. The load
+             balancer proxies this way.
+
+Below the sampler's rate (the experiments' loads) no request takes the lane: each is traced.
+``load.bench_edge`` measures what the lane buys a saturated PoP and balancer.
 
 It is installed on the listener's ``web.Server`` (its ``request_handler``, which aiohttp calls
 for every request before the app's router) by ``observability.app.run``; tests install it on
@@ -21,18 +27,29 @@ their test server with ``install_fast_lane``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, cast
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from aiohttp.web_request import BaseRequest
+from opentelemetry import context as context_api
+from opentelemetry.context import Context
+from opentelemetry.trace import set_span_in_context
 
-from observability.keys import FAULTS_KEY, HTTP_METRICS_KEY, TRACER_PROVIDER_KEY
+from observability.keys import FAULTS_KEY, HTTP_METRICS_KEY, IN_FLIGHT_KEY, TRACER_PROVIDER_KEY
 from observability.logs import get_logger
-from observability.middleware import QUIET_ROUTES
-from observability.sampling import trace_budget
+from observability.middleware import (
+    CLIENT_CLOSED,
+    QUIET_ROUTES,
+    STANDARD_METHODS,
+    error_answer,
+    log_request,
+)
+from observability.sampling import trace_budget, unsampled_span_maker
 
 __all__ = ["FAST_LANE_KEY", "FastLane", "install_fast_lane"]
 
@@ -44,10 +61,15 @@ RequestHandler = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
 
 @dataclass(frozen=True)
 class FastLane:
-    """A fast answer, and the route template its answers are counted under."""
+    """The route template the lane's requests are counted under, and how it serves them."""
 
-    answer: Callable[[web.Request], web.StreamResponse | None]
     route: str
+    answer: Callable[[web.Request], web.StreamResponse | None] | None = None
+    handler: Handler | None = None
+
+    def __post_init__(self) -> None:
+        if (self.answer is None) == (self.handler is None):
+            raise ValueError("a fast lane has either an answer or a handler")
 
 
 FAST_LANE_KEY: Final = web.AppKey("fast_lane", FastLane)
@@ -60,25 +82,32 @@ def install_fast_lane(server: web.Server, app: web.Application) -> bool:
     lane = app.get(FAST_LANE_KEY)
     if lane is None:
         return False
-    budget = trace_budget(app[TRACER_PROVIDER_KEY].sampler)
-    if budget is None:
+    provider = app[TRACER_PROVIDER_KEY]
+    budget = trace_budget(provider.sampler)
+    unsampled = unsampled_span_maker(provider)
+    if budget is None or unsampled is None:
         return False
     inner: RequestHandler = server.request_handler
-    answer, route = lane.answer, lane.route
-    metrics, faults = app[HTTP_METRICS_KEY], app[FAULTS_KEY]
+    route = lane.route
+    metrics, faults, in_flight = app[HTTP_METRICS_KEY], app[FAULTS_KEY], app[IN_FLIGHT_KEY]
+    root = Context()
 
-    async def handle(request: BaseRequest) -> web.StreamResponse:
-        if (
+    def untraced(request: BaseRequest) -> bool:
+        return (
             _TRACEPARENT not in request.headers
             and not faults.any_active
             and not budget.would_sample()
             and request.path not in QUIET_ROUTES
-        ):
+        )
+
+    async def answer_first(request: BaseRequest) -> web.StreamResponse:
+        if untraced(request):
+            assert lane.answer is not None
             started = time.perf_counter()
             try:
                 # The app's request factory made it: a web.Request.
-                response = answer(cast(web.Request, request))
-            except Exception as exc:  # the normal path answers instead, and reports its own errors
+                response = lane.answer(cast(web.Request, request))
+            except Exception as exc:  # the normal path answers instead, and reports its errors
                 _log.warning("fast_answer_failed", error=f"{type(exc).__name__}: {exc}")
                 response = None
             if response is not None:
@@ -87,5 +116,37 @@ def install_fast_lane(server: web.Server, app: web.Application) -> bool:
                 return response
         return await inner(request)
 
-    server.request_handler = handle
+    async def handle_first(request: BaseRequest) -> web.StreamResponse:
+        if not untraced(request):
+            return await inner(request)
+        assert lane.handler is not None
+        span = unsampled(root)
+        if span is None:  # a credit came back since the check: trace it after all
+            return await inner(request)
+        method = request.method
+        if method not in STANDARD_METHODS:
+            method = "_OTHER"
+        status = 500
+        in_flight.enter()
+        token = context_api.attach(set_span_in_context(span))
+        started = time.perf_counter()
+        try:
+            response = await error_answer(cast(web.Request, request), lane.handler)
+            status = response.status
+            return response
+        except web.HTTPException as exc:  # a redirect raised by the handler
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            metrics.observe(method, route, status, elapsed)
+            if status >= 500:
+                log_request(cast(web.Request, request), span, method, route, status, elapsed, None)
+            context_api.detach(token)
+            in_flight.leave()
+
+    server.request_handler = answer_first if lane.answer is not None else handle_first
     return True

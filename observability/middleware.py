@@ -55,6 +55,7 @@ __all__ = [
     "QUIET_ROUTES",
     "STANDARD_METHODS",
     "error_answer",
+    "log_request",
     "make_telemetry_middleware",
     "request_fault",
 ]
@@ -294,10 +295,10 @@ async def _observe(
                 if error_type is not None:
                     span.set_status(_ERROR)
         metrics.observe(method, route, status, elapsed)
-        _log_request(request, span, method, route, status, elapsed, fault)
+        log_request(request, span, method, route, status, elapsed, fault)
 
 
-def _log_request(
+def log_request(
     request: web.Request,
     span: Span | None,
     method: str,

@@ -76,7 +76,7 @@ def create_app(
     everything = app.router.add_resource("/{tail:.*}")
     everything.add_route("*", handle)
     # Fresh hits of requests that will not be traced are answered before routing.
-    app[FAST_LANE_KEY] = FastLane(partial(fresh_hit, store, metrics), everything.canonical)
+    app[FAST_LANE_KEY] = FastLane(everything.canonical, answer=partial(fresh_hit, store, metrics))
     return app
 
 

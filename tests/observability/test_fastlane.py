@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import LogCapture
 
 from mesh.process import ProcessConfig
-from observability.app import FAULTS_KEY, create_base_app
+from observability.app import FAULTS_KEY, IN_FLIGHT_KEY, create_base_app
 from observability.fastlane import FAST_LANE_KEY, FastLane, install_fast_lane
 from observability.faults import ErrorFault
 from observability.sampling import ParentBasedRateLimiting
@@ -73,7 +73,7 @@ def build(
     app = create_base_app(process, registry=registry, tracer_provider=provider)
     resource = app.router.add_resource("/{tail:.*}")
     resource.add_route("GET", slow_path)
-    app[FAST_LANE_KEY] = FastLane(fast_answer, resource.canonical)
+    app[FAST_LANE_KEY] = FastLane(resource.canonical, answer=fast_answer)
     return app
 
 
@@ -192,7 +192,7 @@ async def test_a_fast_answer_that_fails_falls_back_to_the_normal_path(
         raise ValueError("bad entry")
 
     app = build(process, registry, no_new_traces)
-    app[FAST_LANE_KEY] = FastLane(broken, "/{tail}")
+    app[FAST_LANE_KEY] = FastLane("/{tail}", answer=broken)
     client = await start(app)
     assert await (await client.get("/fast/a")).text() == "from the handler"
 
@@ -225,3 +225,62 @@ async def test_an_untraced_request_still_passes_its_decision_downstream(
     assert second.split("-")[1] == TRACEPARENT.split("-")[1]
     assert second.split("-")[2] != TRACEPARENT.split("-")[2]  # a span of its own
     assert not sampled(second)
+
+
+async def test_a_handler_lane_serves_untraced_requests_with_their_telemetry(
+    start: ServerFactory,
+    process: ProcessConfig,
+    registry: CollectorRegistry,
+    no_new_traces: TracerProvider,
+    exporter: InMemorySpanExporter,
+    logs: LogCapture,
+) -> None:
+    """The balancer's kind: an async handler for every untraced request, before routing."""
+    routed: list[bool] = []
+    downstream: list[str] = []
+
+    async def proxy(request: web.Request) -> web.Response:
+        try:
+            routed.append(request.match_info is not None)
+        except AssertionError:  # aiohttp asserts there is one: never routed
+            routed.append(False)
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(carrier)
+        downstream.append(carrier["traceparent"])
+        if request.path == "/boom":
+            raise RuntimeError("upstream parser bug")
+        return web.Response(text="proxied")
+
+    app = create_base_app(process, registry=registry, tracer_provider=no_new_traces)
+    resource = app.router.add_resource("/{tail:.*}")
+    resource.add_route("*", proxy)
+    app[FAST_LANE_KEY] = FastLane(resource.canonical, handler=proxy)
+    client = await start(app)
+
+    assert await (await client.get("/a")).text() == "proxied"
+    assert routed == [False]  # served before the router
+    assert downstream[0].split("-")[3] in ("00", "02")  # not sampled, and says so downstream
+    assert requests_counted(registry) == 1.0
+    assert app[IN_FLIGHT_KEY].count == 0
+    assert (await client.get("/healthz")).status == 200  # quiet routes keep their own handler
+
+    resp = await client.get("/boom")
+    assert resp.status == 500
+    assert (await resp.json())["code"] == "internal"
+    assert requests_counted(registry, "500") == 1.0
+    (line,) = [e for e in logs.entries if e["event"] == "request" and e["path"] == "/boom"]
+    assert line["status"] == 500
+    assert line["log_level"] == "warning"
+    assert exporter.get_finished_spans() == ()
+
+    # A request of a sampled trace goes through the router and gets its span.
+    await client.get("/a", headers={"traceparent": TRACEPARENT})
+    assert routed[-1] is True
+    assert len(exporter.get_finished_spans()) == 1
+
+
+def test_a_fast_lane_has_one_way_to_serve() -> None:
+    with pytest.raises(ValueError, match="either"):
+        FastLane("/{tail}")
+    with pytest.raises(ValueError, match="either"):
+        FastLane("/{tail}", answer=fast_answer, handler=slow_path)
