@@ -568,11 +568,13 @@ def cached_answer(
 ) -> web.Response:
     """The stored ``entry`` as the answer (or a 304 to a satisfied conditional request)."""
     metrics.results[label.lower()].inc()
-    headers = CIMultiDict(entry.headers)
-    headers["Age"] = str(int(age))
-    headers["X-Cache"] = label
+    # Stored headers never hold Age or X-Cache (_NOT_STORED): appended, not replaced. A list
+    # rather than a multidict: web.Response builds its own from it, one copy instead of two.
+    headers = [*entry.headers, ("Age", str(int(age))), ("X-Cache", label)]
     rh = request.headers
-    if ("If-None-Match" in rh or "If-Modified-Since" in rh) and not_modified(rh, headers):
+    if ("If-None-Match" in rh or "If-Modified-Since" in rh) and not_modified(
+        rh, CIMultiDict(headers)
+    ):
         return web.Response(status=304, headers=headers)
     if request.method != "HEAD":
         metrics.from_cache.inc(len(entry.body))
