@@ -14,10 +14,11 @@ def result(rps: float, p50: float = 1.0, p99: float = 2.0) -> WrkResult:
 
 def test_cpu_seconds_counts_this_process_work() -> None:
     before = cpu_seconds(os.getpid())
-    deadline = time.process_time() + 0.05
+    deadline = time.process_time() + 0.2
     while time.process_time() < deadline:
         pass
-    assert cpu_seconds(os.getpid()) - before >= 0.03
+    # /proc counts whole clock ticks (10 ms), sampled: allow a few either way.
+    assert cpu_seconds(os.getpid()) - before >= 0.1
 
 
 def test_figures_are_ratios_and_differences_of_the_same_run() -> None:
