@@ -6,25 +6,24 @@ instance answered, or ``connect_error`` / ``pool_full`` / ``timeout`` / ``reset`
 
 The two metrics every request touches, ``balancer_upstream_requests_total`` and
 ``balancer_upstream_request_duration_seconds``, are counted in plain integers per instance
-(``InstanceMetrics.done``: a dict increment and a ``bisect``) and turned into Prometheus
-families when scraped, by a collector registered on the same registry (prometheus-client's
-documented custom-collector API). Measured in the balancer: a labelled ``Counter.inc`` plus
-``Histogram.observe`` cost ~2 us a request (a lock per value, a Python loop over the buckets),
-this ~0.3 us; the exposition is the same. Everything runs on the event loop's thread, scrapes
-included, so the plain counters need no lock. ``balancer_upstream_active_connections`` is read
-from the connection pool when scraped, so requests do not update it at all.
+(``InstanceMetrics.done``: a dict increment and a ``PlainHistogram``, as ``observability``'s
+RED metrics are) and turned into Prometheus families when scraped, by a collector registered
+on the same registry (prometheus-client's documented custom-collector API). Measured in the
+balancer: a labelled ``Counter.inc`` plus ``Histogram.observe`` cost ~2 us a request (a lock
+per value, a Python loop over the buckets), this ~0.3 us; the exposition is the same.
+Everything runs on the event loop's thread, scrapes included, so the plain counters need no
+lock. ``balancer_upstream_active_connections`` is read from the connection pool when scraped,
+so requests do not update it at all.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.utils import floatToGoString
 
-from observability.metrics import DURATION_BUCKETS
+from observability.metrics import DURATION_BUCKETS, PlainHistogram
 
 BUCKETS: tuple[float, ...] = (0.0005, *DURATION_BUCKETS)
 _REQUESTS = "balancer_upstream_requests_total"
@@ -36,20 +35,18 @@ _DURATION_HELP = "Time from sending a request to an instance until its answer he
 class InstanceMetrics:
     """One instance's request counts and latency histogram, as plain numbers."""
 
-    __slots__ = ("buckets", "codes", "seconds", "upstream")
+    __slots__ = ("codes", "latency", "upstream")
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.codes: dict[int | str, int] = {}  # bounded: HTTP statuses and a few names
-        self.buckets = [0] * (len(BUCKETS) + 1)  # per bucket (not cumulative), then +Inf
-        self.seconds = 0.0
+        self.latency = PlainHistogram(BUCKETS)
 
     def done(self, code: int | str, seconds: float) -> None:
         """One exchange ended with ``code`` (a status, or how it failed) after ``seconds``."""
         codes = self.codes
         codes[code] = codes.get(code, 0) + 1
-        self.buckets[bisect_left(BUCKETS, seconds)] += 1
-        self.seconds += seconds
+        self.latency.observe(seconds)
 
 
 class _PerInstanceCollector:
@@ -67,16 +64,11 @@ class _PerInstanceCollector:
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(_REQUESTS, _REQUESTS_HELP, labels=["upstream", "code"])
         duration = HistogramMetricFamily(_DURATION, _DURATION_HELP, labels=["upstream"])
-        bounds = [*map(floatToGoString, BUCKETS), "+Inf"]
         for bound in list(self._instances.values()):
             for code, count in list(bound.codes.items()):
                 requests.add_metric([bound.upstream, str(code)], count)
-            cumulative: list[tuple[str, float]] = []
-            total = 0
-            for le, count in zip(bounds, bound.buckets, strict=True):
-                total += count
-                cumulative.append((le, total))
-            duration.add_metric([bound.upstream], cumulative, bound.seconds)
+            latency = bound.latency
+            duration.add_metric([bound.upstream], latency.cumulative(), latency.sum)
         yield requests
         yield duration
 
