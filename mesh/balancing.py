@@ -97,6 +97,7 @@ class Balancer:
         self._on_eject = on_eject
         self._hosts: dict[str, _HostState] = {}
         self._known: dict[str, Instance] = {}
+        self._seen: Sequence[Instance] | None = None
         self._rr = 0
         self._ring_ids: tuple[str, ...] = ()
         self._ring: HashRing | None = None
@@ -118,10 +119,10 @@ class Balancer:
             raise NoInstanceError("no instances known")
         self._observe(instances)
         now = self._clock()
-        excluded = {i.id for i in exclude}
-        candidates = [i for i in instances if i.id not in excluded]
-        if not candidates:
-            candidates = list(instances)
+        candidates: Sequence[Instance] = instances
+        if exclude:
+            excluded = {i.id for i in exclude}
+            candidates = [i for i in instances if i.id not in excluded] or instances
         healthy = [i for i in candidates if not self._ejected_at(i.id, now)]
         if healthy:
             candidates = healthy
@@ -153,6 +154,10 @@ class Balancer:
 
     def _observe(self, instances: Sequence[Instance]) -> None:
         """Remember the current instance set; forget idle state of instances that left it."""
+        # Discovery hands out the same tuple until the set changes: nothing to compare then.
+        if instances is self._seen and isinstance(instances, tuple):
+            return
+        self._seen = instances
         ids = {i.id for i in instances}
         if ids == self._known.keys():
             return
