@@ -29,7 +29,9 @@ no telemetry at all: what the proxy code itself costs.
 
 Everything runs on loopback on this machine, so the load generator, the proxy and the backends
 share its cores: the figures are ratios measured under the same conditions, not capacities.
-``--runs N`` repeats the whole set N times and prints the median of each figure.
+Each hop is measured right after its reference (HAProxy before the balancer, the bare handler
+before the PoP), since the machine's load drifts. ``--runs N`` repeats the whole set N times
+and prints the median of each figure.
 
 Also usable as ``python -m load.bench_edge backend PORT`` / ``lb-core PORT TARGETS`` /
 ``pop-core PORT ORIGIN``: the helper processes this benchmark starts.
@@ -355,6 +357,10 @@ class Hops:
     lb: WrkResult
     lb1: WrkResult
     pop: WrkResult
+    ha: WrkResult | None = None
+    """HAProxy measured just before ``lb`` (the machine's load drifts: neighbours count)."""
+    bare: WrkResult | None = None
+    """The bare handler measured just before ``pop``."""
 
 
 @dataclass(frozen=True)
@@ -365,11 +371,14 @@ class Baseline:
 
 
 def figures(base: Baseline, hops: Hops) -> Figures:
+    """Each ratio against its reference measured next to it when there is one."""
+    ha = hops.ha or base.ha
+    bare = hops.bare or base.bare
     return Figures(
-        lb_ratio=None if base.ha is None else hops.lb.rps / base.ha.rps,
+        lb_ratio=None if ha is None else hops.lb.rps / ha.rps,
         added_p50_ms=hops.lb1.p50_ms - base.direct1.p50_ms,
         added_p99_ms=hops.lb1.p99_ms - base.direct1.p99_ms,
-        cdn_ratio=hops.pop.rps / base.bare.rps,
+        cdn_ratio=hops.pop.rps / bare.rps,
     )
 
 
@@ -407,6 +416,8 @@ def median_figures(runs: list[Figures]) -> Figures:
 
 def print_hops(label: str, hops: Hops, conns: int) -> None:
     print(f"\n[{label}] {DESCRIPTIONS[label]}")
+    if hops.ha is not None:
+        print(f"  (HAProxy just before: {hops.ha.rps:,.0f} req/s)")
     print(
         f"balancer, {conns} connections: {hops.lb.rps:,.0f} req/s (errors {hops.lb.errors})"
         + hops.lb.cpu_text("balancer")
@@ -416,6 +427,12 @@ def print_hops(label: str, hops: Hops, conns: int) -> None:
         f"CDN PoP hits, {conns} connections: {hops.pop.rps:,.0f} req/s (errors {hops.pop.errors})"
         + hops.pop.cpu_text("PoP")
     )
+    if hops.bare is not None:
+        print(
+            f"  (bare handler just before: {hops.bare.rps:,.0f} req/s"
+            + hops.bare.cpu_text("handler")
+            + ")"
+        )
 
 
 def measure_hops(
@@ -425,15 +442,37 @@ def measure_hops(
     pop_port: int,
     conns: int,
     duration: float,
+    refs: References,
 ) -> Hops:
+    """The hops under test, each right after its reference (HAProxy, the bare handler)."""
     lb_url = f"http://127.0.0.1:{lb_port}{PATH}"
     pop_url = f"http://127.0.0.1:{pop_port}{PATH}"
     wrk(lb_url, connections=conns, duration=1.0)  # warm-up: pools, caches
+    ha = refs.haproxy(conns, duration)
     lb_result = wrk(lb_url, connections=conns, duration=duration, cpu_of=lb.pid)
     lb1 = wrk(lb_url, connections=1, duration=duration)
     wrk(pop_url, connections=conns, duration=1.0)  # fills the cache
+    bare = refs.bare(conns, duration)
     pop_result = wrk(pop_url, connections=conns, duration=duration, cpu_of=pop.pid)
-    return Hops(lb=lb_result, lb1=lb1, pop=pop_result)
+    return Hops(lb=lb_result, lb1=lb1, pop=pop_result, ha=ha, bare=bare)
+
+
+@dataclass(frozen=True)
+class References:
+    """Where HAProxy and the bare handler listen, to measure them next to each hop."""
+
+    bare_url: str
+    bare_pid: int
+    ha_url: str | None = None
+    ha_pid: int | None = None
+
+    def haproxy(self, conns: int, duration: float) -> WrkResult | None:
+        if self.ha_url is None:
+            return None
+        return wrk(self.ha_url, connections=conns, duration=duration, cpu_of=self.ha_pid)
+
+    def bare(self, conns: int, duration: float) -> WrkResult:
+        return wrk(self.bare_url, connections=conns, duration=duration, cpu_of=self.bare_pid)
 
 
 def one_run(py: str, conns: int, duration: float, have_haproxy: bool) -> dict[str, Figures]:
@@ -451,14 +490,16 @@ def one_run(py: str, conns: int, duration: float, have_haproxy: bool) -> dict[st
         print(f"load average at start {os.getloadavg()[0]:.2f}")
 
         ha: WrkResult | None = None
+        ha_url: str | None = None
+        ha_pid: int | None = None
         if have_haproxy:
             ha_port = free_port()
             cfg = run_dir / "haproxy.cfg"
             cfg.write_text(haproxy_config(ha_port, backends))
             haproxy = procs.start(["haproxy", "-f", str(cfg), "-db"])
             wait_http(f"http://127.0.0.1:{ha_port}{PATH}")
-            ha_url = f"http://127.0.0.1:{ha_port}{PATH}"
-            ha = wrk(ha_url, connections=conns, duration=duration, cpu_of=haproxy.pid)
+            ha_url, ha_pid = f"http://127.0.0.1:{ha_port}{PATH}", haproxy.pid
+            ha = wrk(ha_url, connections=conns, duration=duration, cpu_of=ha_pid)
             print(
                 f"haproxy (nbthread 1), {conns} connections: {ha.rps:,.0f} req/s"
                 + ha.cpu_text("HAProxy")
@@ -476,6 +517,9 @@ def one_run(py: str, conns: int, duration: float, have_haproxy: bool) -> dict[st
             + bare.cpu_text("handler")
         )
         base = Baseline(ha=ha, direct1=direct1, bare=bare)
+        refs = References(
+            bare_url=direct, bare_pid=backend_procs[0].pid, ha_url=ha_url, ha_pid=ha_pid
+        )
         upstreams = ",".join(f"127.0.0.1:{p}" for p in backends)
 
         for label, profile in PROFILES.items():
@@ -492,7 +536,7 @@ def one_run(py: str, conns: int, duration: float, have_haproxy: bool) -> dict[st
             pop_proc = procs.start([py, "-m", "edge.cdn"], pop_env)
             wait_http(f"http://127.0.0.1:{lb_port}/readyz")
             wait_http(f"http://127.0.0.1:{pop_port}/readyz")
-            hops = measure_hops(lb_proc, lb_port, pop_proc, pop_port, conns, duration)
+            hops = measure_hops(lb_proc, lb_port, pop_proc, pop_port, conns, duration, refs)
             procs.stop(pop_proc)  # one configuration at a time on the machine
             procs.stop(lb_proc)
             print_hops(label, hops, conns)
@@ -504,7 +548,7 @@ def one_run(py: str, conns: int, duration: float, have_haproxy: bool) -> dict[st
         origin = f"http://127.0.0.1:{lb_core}"
         core_pop = procs.start([py, "-m", "load.bench_edge", "pop-core", str(pop_core), origin])
         wait_http(f"http://127.0.0.1:{pop_core}{PATH}")
-        hops = measure_hops(core_lb, lb_core, core_pop, pop_core, conns, duration)
+        hops = measure_hops(core_lb, lb_core, core_pop, pop_core, conns, duration, refs)
         procs.stop(core_pop)
         procs.stop(core_lb)
         print_hops(CORE, hops, conns)

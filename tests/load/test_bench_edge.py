@@ -37,3 +37,17 @@ def test_medians_per_figure() -> None:
     assert median_figures(runs) == Figures(0.6, 0.3, 0.9, 0.8)
     assert result(1).cpu_text("x") == ""
     assert WrkResult(1, 1, 1, 0, cpu_us=41.6).cpu_text("PoP") == "; PoP: 42 us CPU per request"
+
+
+def test_a_reference_measured_next_to_its_hop_is_the_one_used() -> None:
+    base = Baseline(ha=result(20_000), direct1=result(0, 0.1, 0.2), bare=result(30_000))
+    hops = Hops(
+        lb=result(12_000),
+        lb1=result(0, 0.4, 0.9),
+        pop=result(27_000),
+        ha=result(24_000),
+        bare=result(27_000),
+    )
+    got = figures(base, hops)
+    assert got.lb_ratio == 0.5
+    assert got.cdn_ratio == 1.0
