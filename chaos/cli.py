@@ -22,16 +22,10 @@ from chaos.localize import summary_lines
 from chaos.report import write_report
 from chaos.runner import RunResult
 from load.cli import load
+from management.cli_options import RUN_DIR_OPTION
 from mesh.errors import ConfigError
 
 __all__ = ["chaos", "load", "print_result"]
-
-_RUN_DIR = click.option(
-    "--run-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="The stack's run folder (default: the current run).",
-)
 
 
 def _console() -> Console:
@@ -99,7 +93,7 @@ def print_result(console: Console, result: RunResult) -> None:
 
 @chaos.command("run")
 @click.argument("experiment")
-@_RUN_DIR
+@RUN_DIR_OPTION
 @click.option("--no-live", is_flag=True, help="No live view (plain output).")
 def run_cmd(experiment: str, run_dir: Path | None, no_live: bool) -> None:
     """Run an experiment file (or a shipped one by name) against the running stack.
@@ -140,7 +134,7 @@ def report_cmd(journal: Path) -> None:
 
 
 @chaos.command("rollback")
-@_RUN_DIR
+@RUN_DIR_OPTION
 def rollback_cmd(run_dir: Path | None) -> None:
     """Undo what a crashed runner left: toxics, frozen or stopped processes, service faults."""
     actions = asyncio.run(rollback_stack(run_dir))

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from load.runner import LoadPlan, LocustRun
 from load.shapes import SHAPES, ShapeName
+from management.cli_options import RUN_DIR_OPTION
 from mesh.errors import TestbedError
 
 __all__ = ["load", "run_load"]
@@ -71,12 +72,7 @@ async def run_load(plan: LoadPlan, console: Console) -> tuple[int, dict[str, dic
     show_default=True,
     help="SLO gate: exit 1 above this p99.",
 )
-@click.option(
-    "--run-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="The stack's run folder (default: the current run).",
-)
+@RUN_DIR_OPTION
 def load(
     users: int,
     rate: float | None,

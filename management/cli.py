@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from management import __version__
+from management.cli_options import RUN_DIR_OPTION, TOPOLOGY_OPTION
 from mesh.errors import TestbedError
 
 
@@ -31,14 +32,6 @@ def cli() -> None:
     """
 
 
-_RUN_DIR = click.option(
-    "--run-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="The stack's run folder (default: the current run).",
-)
-
-
 def _console() -> Console:
     console = Console(highlight=False)
     if not console.is_terminal:
@@ -51,13 +44,7 @@ def _say(message: str) -> None:
 
 
 @cli.command()
-@click.option(
-    "--topology",
-    "topology",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="Topology YAML (default: the one shipped with the package).",
-)
+@TOPOLOGY_OPTION
 @click.option(
     "--run-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -145,7 +132,7 @@ def _yes_no(value: bool | None) -> str:
 
 
 @cli.command()
-@_RUN_DIR
+@RUN_DIR_OPTION
 def status(run_dir: Path | None) -> None:
     """Every instance: state, pid, address, version, uptime, restarts, ready, registered."""
     from management.stack import open_stack
@@ -182,7 +169,7 @@ def status(run_dir: Path | None) -> None:
 
 @cli.command()
 @click.argument("assignment", metavar="SERVICE=N")
-@_RUN_DIR
+@RUN_DIR_OPTION
 def scale(assignment: str, run_dir: Path | None) -> None:
     """Run N instances of SERVICE, live (removed instances are drained first)."""
     from management.stack import open_stack
@@ -203,7 +190,7 @@ def scale(assignment: str, run_dir: Path | None) -> None:
 @cli.command()
 @click.argument("service")
 @click.option("--version", "version", required=True, help="The version to roll out.")
-@_RUN_DIR
+@RUN_DIR_OPTION
 def deploy(service: str, version: str, run_dir: Path | None) -> None:
     """Rolling deploy: one instance at a time, drained, restarted with VERSION, ready again."""
     from management.stack import open_stack
@@ -220,7 +207,7 @@ def deploy(service: str, version: str, run_dir: Path | None) -> None:
 @click.argument("component")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("-n", "--lines", default=40, show_default=True, help="Lines of history to show.")
-@_RUN_DIR
+@RUN_DIR_OPTION
 def logs(component: str, follow: bool, lines: int, run_dir: Path | None) -> None:
     """Print a component's (or instance's) log; toxiproxy, prometheus, supervisord work too."""
     from management.stack import _resolve_run_dir, open_stack
@@ -267,7 +254,7 @@ def _print_logs(files: list[Path], *, lines: int, follow: bool) -> None:
 
 
 @cli.command()
-@_RUN_DIR
+@RUN_DIR_OPTION
 def down(run_dir: Path | None) -> None:
     """Stop everything the stack started (also after a crash of the CLI)."""
     from management.stack import current_run_dir
@@ -283,13 +270,7 @@ def down(run_dir: Path | None) -> None:
 
 
 @cli.command()
-@click.option(
-    "--topology",
-    "topology",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="Topology YAML (default: the one shipped with the package).",
-)
+@TOPOLOGY_OPTION
 @click.option(
     "--out",
     "out",

@@ -1,0 +1,29 @@
+"""Command-line options several ``testbed`` commands share, defined once.
+
+A leaf module (only click): the management, chaos and load commands all import it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+__all__ = ["RUN_DIR_OPTION", "TOPOLOGY_OPTION"]
+
+RUN_DIR_OPTION = click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The stack's run folder (default: the current run).",
+)
+"""``--run-dir`` of the commands that act on a running (or stopped) stack."""
+
+TOPOLOGY_OPTION = click.option(
+    "--topology",
+    "topology",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Topology YAML (default: the one shipped with the package).",
+)
+"""``--topology`` of the commands that read a topology file."""
