@@ -92,16 +92,16 @@ def install_fast_lane(server: web.Server, app: web.Application) -> bool:
     metrics, faults, in_flight = app[HTTP_METRICS_KEY], app[FAULTS_KEY], app[IN_FLIGHT_KEY]
     root = Context()
 
-    def untraced(request: BaseRequest) -> bool:
+    def eligible(request: BaseRequest) -> bool:
+        """Not part of a trace, no fault to apply, not a quiet route (the budget aside)."""
         return (
             _TRACEPARENT not in request.headers
             and not faults.any_active
-            and not budget.would_sample()
             and request.path not in QUIET_ROUTES
         )
 
     async def answer_first(request: BaseRequest) -> web.StreamResponse:
-        if untraced(request):
+        if eligible(request) and not budget.would_sample():
             assert lane.answer is not None
             started = time.perf_counter()
             try:
@@ -117,12 +117,12 @@ def install_fast_lane(server: web.Server, app: web.Application) -> bool:
         return await inner(request)
 
     async def handle_first(request: BaseRequest) -> web.StreamResponse:
-        if not untraced(request):
+        if not eligible(request):
+            return await inner(request)
+        span = unsampled(root)  # None when the budget would sample a new trace now
+        if span is None:
             return await inner(request)
         assert lane.handler is not None
-        span = unsampled(root)
-        if span is None:  # a credit came back since the check: trace it after all
-            return await inner(request)
         method = request.method
         if method not in STANDARD_METHODS:
             method = "_OTHER"

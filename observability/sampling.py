@@ -53,14 +53,17 @@ class RateLimitingSampler(Sampler):
         self._credits = per_second
         self._last = clock()
 
+    def _credits_at(self, now: float) -> float:
+        """The bucket's credits at ``now``: refilled at the rate, one second's worth at most."""
+        return min(self.per_second, self._credits + (now - self._last) * self.per_second)
+
     def would_sample(self) -> bool:
         """Whether a new trace started now would be sampled (without taking its credit)."""
-        elapsed = self._clock() - self._last
-        return min(self.per_second, self._credits + elapsed * self.per_second) >= 1.0
+        return self._credits_at(self._clock()) >= 1.0
 
     def _take(self) -> bool:
         now = self._clock()
-        credits = min(self.per_second, self._credits + (now - self._last) * self.per_second)
+        credits = self._credits_at(now)
         self._last = now
         if credits >= 1.0:
             self._credits = credits - 1.0

@@ -584,7 +584,7 @@ def cached_answer(
 def fresh_hit(store: CacheStore, metrics: CdnMetrics, request: web.Request) -> web.Response | None:
     """The answer to a plain GET/HEAD whose stored response is fresh (``HIT``), or None.
 
-    The PoP's fast answer (``observability.middleware.FastAnswer``): a request with
+    The PoP's fast answer (``observability.fastlane.FastLane``): a request with
     ``Cache-Control``, ``Pragma`` or ``Range`` takes the full path (``EdgeCache.handle``), as
     does anything that is not a fresh hit; a fresh hit is answered exactly as ``handle`` would.
     """
@@ -598,7 +598,12 @@ def fresh_hit(store: CacheStore, metrics: CdnMetrics, request: web.Request) -> w
     if entry is None:
         return None
     age = entry.age(time.time())
-    cc = entry.cache_control
-    if entry.lifetime - age <= 0 or cc.no_cache:  # policy.reuse's FRESH, no request directives
+    decision = reuse(
+        age=age,
+        lifetime=entry.lifetime,
+        response_cc=entry.cache_control,
+        request_cc=EMPTY_CACHE_CONTROL,
+    )
+    if decision is not Reuse.FRESH:
         return None
     return cached_answer(metrics, request, entry, age, "HIT")
