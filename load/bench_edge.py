@@ -354,31 +354,26 @@ class Figures:
 
 @dataclass(frozen=True)
 class Hops:
+    """One configuration's figures, each hop with its reference measured just before it (the
+    machine's load drifts: neighbours count)."""
+
     lb: WrkResult
     lb1: WrkResult
     pop: WrkResult
-    ha: WrkResult | None = None
-    """HAProxy measured just before ``lb`` (the machine's load drifts: neighbours count)."""
-    bare: WrkResult | None = None
-    """The bare handler measured just before ``pop``."""
-
-
-@dataclass(frozen=True)
-class Baseline:
     ha: WrkResult | None
-    direct1: WrkResult
+    """HAProxy, just before ``lb`` (None without HAProxy)."""
     bare: WrkResult
+    """The bare handler, just before ``pop``."""
 
 
-def figures(base: Baseline, hops: Hops) -> Figures:
-    """Each ratio against its reference measured next to it when there is one."""
-    ha = hops.ha or base.ha
-    bare = hops.bare or base.bare
+def figures(direct1: WrkResult, hops: Hops) -> Figures:
+    """The ratios of one configuration; ``direct1``: the backend called directly, one
+    connection (the latency reference)."""
     return Figures(
-        lb_ratio=None if ha is None else hops.lb.rps / ha.rps,
-        added_p50_ms=hops.lb1.p50_ms - base.direct1.p50_ms,
-        added_p99_ms=hops.lb1.p99_ms - base.direct1.p99_ms,
-        cdn_ratio=hops.pop.rps / bare.rps,
+        lb_ratio=None if hops.ha is None else hops.lb.rps / hops.ha.rps,
+        added_p50_ms=hops.lb1.p50_ms - direct1.p50_ms,
+        added_p99_ms=hops.lb1.p99_ms - direct1.p99_ms,
+        cdn_ratio=hops.pop.rps / hops.bare.rps,
     )
 
 
@@ -417,7 +412,11 @@ def median_figures(runs: list[Figures]) -> Figures:
 def print_hops(label: str, hops: Hops, conns: int) -> None:
     print(f"\n[{label}] {DESCRIPTIONS[label]}")
     if hops.ha is not None:
-        print(f"  (HAProxy just before: {hops.ha.rps:,.0f} req/s)")
+        print(
+            f"  (HAProxy, nbthread 1, just before: {hops.ha.rps:,.0f} req/s"
+            + hops.ha.cpu_text("HAProxy")
+            + ")"
+        )
     print(
         f"balancer, {conns} connections: {hops.lb.rps:,.0f} req/s (errors {hops.lb.errors})"
         + hops.lb.cpu_text("balancer")
@@ -427,12 +426,11 @@ def print_hops(label: str, hops: Hops, conns: int) -> None:
         f"CDN PoP hits, {conns} connections: {hops.pop.rps:,.0f} req/s (errors {hops.pop.errors})"
         + hops.pop.cpu_text("PoP")
     )
-    if hops.bare is not None:
-        print(
-            f"  (bare handler just before: {hops.bare.rps:,.0f} req/s"
-            + hops.bare.cpu_text("handler")
-            + ")"
-        )
+    print(
+        f"  (bare aiohttp handler, same bytes, just before: {hops.bare.rps:,.0f} req/s"
+        + hops.bare.cpu_text("handler")
+        + ")"
+    )
 
 
 def measure_hops(
@@ -489,7 +487,6 @@ def one_run(py: str, conns: int, duration: float, have_haproxy: bool) -> dict[st
         direct = f"http://127.0.0.1:{backends[0]}{PATH}"
         print(f"load average at start {os.getloadavg()[0]:.2f}")
 
-        ha: WrkResult | None = None
         ha_url: str | None = None
         ha_pid: int | None = None
         if have_haproxy:
@@ -497,13 +494,9 @@ def one_run(py: str, conns: int, duration: float, have_haproxy: bool) -> dict[st
             cfg = run_dir / "haproxy.cfg"
             cfg.write_text(haproxy_config(ha_port, backends))
             haproxy = procs.start(["haproxy", "-f", str(cfg), "-db"])
-            wait_http(f"http://127.0.0.1:{ha_port}{PATH}")
             ha_url, ha_pid = f"http://127.0.0.1:{ha_port}{PATH}", haproxy.pid
-            ha = wrk(ha_url, connections=conns, duration=duration, cpu_of=ha_pid)
-            print(
-                f"haproxy (nbthread 1), {conns} connections: {ha.rps:,.0f} req/s"
-                + ha.cpu_text("HAProxy")
-            )
+            wait_http(ha_url)
+            wrk(ha_url, connections=conns, duration=1.0)  # warm-up
 
         wrk(direct, connections=1, duration=1.0)  # warm-up
         direct1 = wrk(direct, connections=1, duration=duration)
@@ -511,12 +504,6 @@ def one_run(py: str, conns: int, duration: float, have_haproxy: bool) -> dict[st
             f"backend direct, 1 connection: p50 {direct1.p50_ms:.3f} ms, "
             f"p99 {direct1.p99_ms:.3f} ms"
         )
-        bare = wrk(direct, connections=conns, duration=duration, cpu_of=backend_procs[0].pid)
-        print(
-            f"bare aiohttp handler (same bytes), {conns} connections: {bare.rps:,.0f} req/s"
-            + bare.cpu_text("handler")
-        )
-        base = Baseline(ha=ha, direct1=direct1, bare=bare)
         refs = References(
             bare_url=direct, bare_pid=backend_procs[0].pid, ha_url=ha_url, ha_pid=ha_pid
         )
@@ -540,7 +527,7 @@ def one_run(py: str, conns: int, duration: float, have_haproxy: bool) -> dict[st
             procs.stop(pop_proc)  # one configuration at a time on the machine
             procs.stop(lb_proc)
             print_hops(label, hops, conns)
-            results[label] = figures(base, hops)
+            results[label] = figures(direct1, hops)
 
         lb_core, pop_core = free_port(), free_port()
         core_lb = procs.start([py, "-m", "load.bench_edge", "lb-core", str(lb_core), upstreams])
@@ -552,7 +539,7 @@ def one_run(py: str, conns: int, duration: float, have_haproxy: bool) -> dict[st
         procs.stop(core_pop)
         procs.stop(core_lb)
         print_hops(CORE, hops, conns)
-        results[CORE] = figures(base, hops)
+        results[CORE] = figures(direct1, hops)
         traces = sorted((run_dir / "traces").glob("*.jsonl"))
         size = sum(p.stat().st_size for p in traces)
         print(f"\nspan files written: {len(traces)} ({size / 1e6:.1f} MB)")
