@@ -58,6 +58,7 @@ from observability.metrics import HttpMetrics, metrics_handler
 from observability.middleware import make_telemetry_middleware
 from observability.sampling import unsampled_span_maker
 from observability.tracing import build_tracer_provider, tracer_name
+from observability.wire import WIRE_LANE_KEY, WireSite
 
 __all__ = [
     "CONFIG_KEY",
@@ -214,8 +215,15 @@ async def _listening(
     assert runner.server is not None
     if install_fast_lane(runner.server, app):  # when it has one (observability.fastlane)
         _log.info("fast_lane_on", port=port)
+    lane = app.get(WIRE_LANE_KEY)
+    site: web.BaseSite
+    if lane is not None:  # its connections start on the wire lane (observability.wire)
+        site = WireSite(runner, host, port, lane, drain_seconds)
+        _log.info("wire_lane_on", port=port)
+    else:
+        site = web.TCPSite(runner, host, port)
     try:
-        await web.TCPSite(runner, host, port).start()
+        await site.start()
         yield runner
     finally:
         await runner.cleanup()

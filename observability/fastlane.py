@@ -144,7 +144,7 @@ def install_fast_lane(server: web.Server, app: web.Application) -> bool:
             elapsed = time.perf_counter() - started
             metrics.observe(method, route, status, elapsed)
             if status >= 500:
-                log_request(cast(web.Request, request), span, method, route, status, elapsed, None)
+                log_request(request.path, span, method, route, status, elapsed, None)
             context_api.detach(token)
             in_flight.leave()
 

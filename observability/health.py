@@ -40,26 +40,29 @@ class Readiness:
 
 
 class InFlight:
-    """Counts requests being handled; ``wait_idle`` returns when none are left."""
+    """Counts requests being handled; ``wait_idle`` returns when none are left. Every request
+    moves the count; only a waiter makes an event (so counting costs two integer updates)."""
 
     def __init__(self) -> None:
         self.count = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._idle: asyncio.Event | None = None
 
     def enter(self) -> None:
         self.count += 1
-        self._idle.clear()
 
     def leave(self) -> None:
         self.count -= 1
         if self.count <= 0:
             self.count = 0
-            self._idle.set()
+            if self._idle is not None:
+                self._idle.set()
 
     async def wait_idle(self) -> None:
         """Return once no request is in flight (wrap in ``asyncio.timeout`` to bound it)."""
-        await self._idle.wait()
+        while self.count > 0:
+            if self._idle is None or self._idle.is_set():
+                self._idle = asyncio.Event()
+            await self._idle.wait()
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -54,10 +54,13 @@ if TYPE_CHECKING:
 __all__ = [
     "QUIET_ROUTES",
     "STANDARD_METHODS",
+    "HostAddresses",
+    "end_span_attributes",
     "error_answer",
     "log_request",
     "make_telemetry_middleware",
     "request_fault",
+    "start_attributes",
 ]
 
 QUIET_ROUTES: Final = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -100,13 +103,21 @@ def _host_and_port(scheme: str, host: str) -> tuple[str | None, int | None]:
     return url.host, url.port
 
 
-def _start_attributes(
-    request: web.Request, method: str, route: str, address: tuple[str | None, int | None]
+def start_attributes(
+    method: str,
+    route: str,
+    path: str,
+    scheme: str,
+    address: tuple[str | None, int | None],
+    remote: str | None,
+    agent: str | None,
+    query: str,
 ) -> dict[str, AttributeValue]:
+    """A recorded server span's attributes at its start (HTTP semantic conventions)."""
     attrs: dict[str, AttributeValue] = {
         "http.request.method": method,
-        "url.path": request.path,
-        "url.scheme": request.scheme,
+        "url.path": path,
+        "url.scheme": scheme,
     }
     if route != UNMATCHED:
         attrs["http.route"] = route
@@ -115,17 +126,45 @@ def _start_attributes(
         attrs["server.address"] = host
     if port is not None:
         attrs["server.port"] = port
-    remote = request.remote
     if remote:
         attrs["client.address"] = remote
-    headers = request.headers
-    agent = headers.get(hdrs.USER_AGENT)
     if agent:
         attrs["user_agent.original"] = agent
-    query = request.query_string
     if query:
         attrs["url.query"] = query
     return attrs
+
+
+def end_span_attributes(span: Span, status: int, fault: str | None, error_type: str | None) -> None:
+    """A server span's attributes (and error status) once its answer is known."""
+    if fault is None and error_type is None:
+        span.set_attribute("http.response.status_code", status)
+        return
+    end_attrs: dict[str, AttributeValue] = {"http.response.status_code": status}
+    if fault is not None:
+        end_attrs["testbed.fault"] = fault
+    if error_type is not None:
+        end_attrs["error.type"] = error_type
+    span.set_attributes(end_attrs)
+    if error_type is not None:
+        span.set_status(_ERROR)
+
+
+class HostAddresses:
+    """``(server.address, server.port)`` per (scheme, Host header), parsed once (bounded)."""
+
+    def __init__(self) -> None:
+        self._found: dict[tuple[str, str], tuple[str | None, int | None]] = {}
+
+    def __call__(self, scheme: str, host: str) -> tuple[str | None, int | None]:
+        key = (scheme, host)
+        found = self._found.get(key)
+        if found is None:
+            found = _host_and_port(scheme, host)
+            if len(self._found) >= MEMO_SIZE:
+                self._found.clear()
+            self._found[key] = found
+        return found
 
 
 def _from_http_exception(exc: web.HTTPException) -> web.StreamResponse:
@@ -200,7 +239,7 @@ def make_telemetry_middleware(
     """
     metrics.in_flight.set_function(lambda: in_flight.count)
     span_names: dict[tuple[str, str], str] = {}
-    addresses: dict[tuple[str, str], tuple[str | None, int | None]] = {}
+    address = HostAddresses()
 
     def span_name(method: str, route: str) -> str:
         name = span_names.get((method, route))
@@ -210,16 +249,6 @@ def make_telemetry_middleware(
                 span_names.clear()
             span_names[(method, route)] = name
         return name
-
-    def address(request: web.Request) -> tuple[str | None, int | None]:
-        key = (request.scheme, request.host)
-        found = addresses.get(key)
-        if found is None:
-            found = _host_and_port(*key)
-            if len(addresses) >= MEMO_SIZE:
-                addresses.clear()
-            addresses[key] = found
-        return found
 
     @web.middleware
     async def telemetry(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -240,7 +269,16 @@ def make_telemetry_middleware(
                     set_status_on_exception=False,
                 )
                 if span.is_recording():  # not sampled: no attributes to build
-                    attributes = _start_attributes(request, method, route, address(request))
+                    attributes = start_attributes(
+                        method,
+                        route,
+                        request.path,
+                        request.scheme,
+                        address(request.scheme, request.host),
+                        request.remote,
+                        request.headers.get(hdrs.USER_AGENT),
+                        request.query_string,
+                    )
                     span.set_attributes(attributes)
             # What ``start_as_current_span`` does, without its context-manager layers.
             token = context_api.attach(set_span_in_context(span))
@@ -283,23 +321,13 @@ async def _observe(
         elapsed = time.perf_counter() - started
         fault = request.get(FAULT_KEY)
         if span is not None:
-            if fault is None and error_type is None:
-                span.set_attribute("http.response.status_code", status)
-            else:
-                end_attrs: dict[str, AttributeValue] = {"http.response.status_code": status}
-                if fault is not None:
-                    end_attrs["testbed.fault"] = fault
-                if error_type is not None:
-                    end_attrs["error.type"] = error_type
-                span.set_attributes(end_attrs)
-                if error_type is not None:
-                    span.set_status(_ERROR)
+            end_span_attributes(span, status, fault, error_type)
         metrics.observe(method, route, status, elapsed)
-        log_request(request, span, method, route, status, elapsed, fault)
+        log_request(request.path, span, method, route, status, elapsed, fault)
 
 
 def log_request(
-    request: web.Request,
+    path: str,
     span: Span | None,
     method: str,
     route: str,
@@ -320,7 +348,7 @@ def log_request(
     fields: dict[str, object] = {
         "method": method,
         "route": route,
-        "path": request.path,
+        "path": path,
         "status": status,
         "duration_ms": round(elapsed * 1000.0, 3),
     }

@@ -36,8 +36,10 @@ from opentelemetry.util.types import Attributes
 __all__ = [
     "ParentBasedRateLimiting",
     "RateLimitingSampler",
+    "UnsampledRoot",
     "UnsampledSpan",
     "trace_budget",
+    "unsampled_root_maker",
     "unsampled_span_maker",
 ]
 
@@ -115,6 +117,31 @@ UnsampledSpan = Callable[[Context], Span | None]
 """The span for a request that will not be sampled, or None when it will be (see below)."""
 
 
+UnsampledRoot = Callable[[], tuple[int, int, TraceFlags] | None]
+"""``(trace_id, span_id, trace_flags)`` of a new trace the budget has no credit for now, or
+None when it has."""
+
+
+def unsampled_root_maker(provider: TracerProvider) -> UnsampledRoot | None:
+    """The ids and flags ``Tracer.start_span`` would give a new trace the rate-limited sampler
+    drops (no span object at all: a caller that only propagates the decision needs no more);
+    None when the provider's sampler is not ``ParentBasedRateLimiting``."""
+    sampler = provider.sampler
+    if not isinstance(sampler, ParentBasedRateLimiting):
+        return None
+    budget = sampler.limiter
+    ids = provider.id_generator
+    # Not sampled; "random trace id" (W3C level 2) as start_span sets it.
+    flags = TraceFlags(TraceFlags.RANDOM_TRACE_ID if ids.is_trace_id_random() else 0)
+
+    def make_root() -> tuple[int, int, TraceFlags] | None:
+        if budget.would_sample():
+            return None
+        return ids.generate_trace_id(), ids.generate_span_id(), flags
+
+    return make_root
+
+
 def unsampled_span_maker(provider: TracerProvider) -> UnsampledSpan | None:
     """What ``Tracer.start_span`` makes for a span the sampler drops, made without the SDK's
     span machinery (~1 us instead of ~5 us), for the rate-limited samplers only.
@@ -125,14 +152,11 @@ def unsampled_span_maker(provider: TracerProvider) -> UnsampledSpan | None:
     anything that may be sampled returns None and goes through ``start_span``. None when the
     provider's sampler is not ``ParentBasedRateLimiting``.
     """
-    sampler = provider.sampler
-    if not isinstance(sampler, ParentBasedRateLimiting):
+    make_root = unsampled_root_maker(provider)
+    if make_root is None:
         return None
-    budget = sampler.limiter
     ids = provider.id_generator
-    # Not sampled; "random trace id" (W3C level 2) as start_span sets it.
     random_flag = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
-    root_flags = random_flag if ids.is_trace_id_random() else TraceFlags(TraceFlags.DEFAULT)
 
     def make(parent_context: Context) -> Span | None:
         parent = get_current_span(parent_context).get_span_context()
@@ -148,15 +172,10 @@ def unsampled_span_maker(provider: TracerProvider) -> UnsampledSpan | None:
                     trace_state=parent.trace_state,
                 )
             )
-        if budget.would_sample():
+        root = make_root()
+        if root is None:
             return None
-        return NonRecordingSpan(
-            SpanContext(
-                ids.generate_trace_id(),
-                ids.generate_span_id(),
-                is_remote=False,
-                trace_flags=root_flags,
-            )
-        )
+        trace_id, span_id, flags = root
+        return NonRecordingSpan(SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags))
 
     return make

@@ -1,0 +1,824 @@
+"""The wire lane: a process's hot path served by an HTTP/1.1 front of its own, below aiohttp.
+
+aiohttp's server side costs a saturated proxy hop about as much as all its own work (a task
+loop per connection, a request and a response object with their multidicts, the router and
+the middleware chain: ~25 us a request on the testbed's machine). A component whose hot path
+is one catch-all route (the load balancer) gives its app a ``WireLane``: ``run`` then listens
+with a ``WireFront`` as the protocol factory, and every connection starts on it:
+
+- each request head is parsed by ``httptools`` (llhttp, the parser Node.js uses; strict about
+  smuggling: conflicting lengths, bad characters) into a ``WireRequest`` of raw bytes, its body
+  read whole, and the lane's handler called with the request and its connection to answer on
+  (``Reply``): a whole answer, or a streamed one with flow control;
+- the telemetry is what the middleware records for any request: a server span (the sampler
+  decides; an unsampled one still propagates the decision), the RED metrics under the lane's
+  route, the in-flight count (drain waits for it), the canonical log line; an unhandled error
+  becomes the shared JSON 500, a client that leaves cancels its handler;
+- keep-alive and pipelined requests are served in order; an idle connection closes after
+  ``keepalive_timeout``; at shutdown idle connections close at once and busy ones after their
+  answer.
+
+Whatever the lane does not serve, it gives to aiohttp, whole: the connection is handed to an
+aiohttp ``RequestHandler`` of the app's own server (``transport.set_protocol``) with the bytes
+of the current request, and aiohttp serves it and the rest of that connection as it would
+have from the start: the app's own routes (``/healthz``, ``/readyz``, ``/metrics``), requests
+while a fault is active (the fault middleware applies them), HTTP/1.0, chunked or large
+request bodies, ``Expect``, ``Upgrade``, absolute-form targets, and anything the parser
+rejects (aiohttp answers the 400). So the lane never answers differently from the app, only
+more cheaply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from contextvars import Token
+from dataclasses import dataclass
+from typing import Final, Protocol, cast
+from urllib.parse import unquote
+
+import httptools
+from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE
+from multidict import CIMultiDict, CIMultiDictProxy
+from opentelemetry import context as context_api
+from opentelemetry.context import Context
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    set_span_in_context,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from observability.errors import error_body
+from observability.keys import FAULTS_KEY, HTTP_METRICS_KEY, IN_FLIGHT_KEY, TRACER_PROVIDER_KEY
+from observability.logs import get_logger
+from observability.middleware import (
+    CLIENT_CLOSED,
+    QUIET_ROUTES,
+    STANDARD_METHODS,
+    HostAddresses,
+    end_span_attributes,
+    log_request,
+    start_attributes,
+)
+from observability.sampling import unsampled_root_maker, unsampled_span_maker
+from observability.tracing import tracer_name
+
+__all__ = [
+    "WIRE_LANE_KEY",
+    "Reply",
+    "WireAnswer",
+    "WireFront",
+    "WireLane",
+    "WireRequest",
+    "WireSite",
+    "self_made_head",
+]
+
+MAX_HEAD: Final = 16 * 1024
+"""A request head longer than this goes to aiohttp (whose limits answer it: 431 or 400)."""
+HTTP11: Final = (1, 1)
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
+_SPECIAL: Final = {
+    b"content-length": 1,
+    b"transfer-encoding": 2,
+    b"expect": 2,
+    b"upgrade": 2,
+    b"host": 3,
+    b"traceparent": 4,
+    b"tracestate": 5,
+    b"user-agent": 6,
+}
+_propagator: Final = TraceContextTextMapPropagator()
+_TRACEPARENT: Final = "00-%032x-%016x-%02x"
+_log = get_logger("observability.wire")
+
+
+class Reply(Protocol):
+    """The connection a lane handler answers on: ``respond`` once, or ``start_stream``, then
+    ``send`` each chunk and ``finish``; ``abort`` closes the connection (the only signal left
+    once an answer has started)."""
+
+    @property
+    def started(self) -> bool: ...
+
+    def respond(
+        self, status: int, reason: bytes, head: bytes, body: bytes, *, length: int | None = None
+    ) -> None: ...
+
+    def start_stream(self, status: int, reason: bytes, head: bytes, length: int | None) -> None: ...
+
+    async def send(self, chunk: bytes) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+WireHandler = Callable[["WireRequest", Reply], Awaitable[None]]
+WireAnswer = tuple[int, bytes, bytes, bytes]
+"""A whole answer: status, reason, head lines (``Name: value`` lines, no framing), body."""
+WireAnswerer = Callable[["WireRequest"], WireAnswer | None]
+
+
+@dataclass(frozen=True)
+class WireLane:
+    """How a component's hot path is served on the wire.
+
+    ``route``: the template its requests are counted and named under (the catch-all route's).
+    ``handler``: serves every request the lane takes; writes the answer on the ``Reply``
+    (``head`` is ``Name: value\\r\\n`` lines without framing; the front adds Content-Length or
+    chunked framing and ``Connection: close`` when the connection ends).
+    ``answer``: instead of a handler, answers at once, or returns None for a request it does
+    not answer, which then goes to aiohttp with its connection (the CDN PoP answers fresh
+    cache hits this way).
+    ``max_body``: request bodies up to this size are read whole and given to the handler;
+    larger ones are served by aiohttp (which streams them).
+    ``owned``: paths the app's own routes serve (always served by aiohttp).
+    """
+
+    route: str
+    handler: WireHandler | None = None
+    max_body: int = 0
+    owned: frozenset[str] = QUIET_ROUTES
+    keepalive_timeout: float = 75.0  # aiohttp's default
+    answer: WireAnswerer | None = None
+
+    def __post_init__(self) -> None:
+        if (self.answer is None) == (self.handler is None):
+            raise ValueError("a wire lane has either a handler or an answer")
+
+
+WIRE_LANE_KEY: Final = web.AppKey("wire_lane", WireLane)
+
+
+class WireRequest:
+    """One request as the wire lane read it: raw bytes, decoded only where asked."""
+
+    __slots__ = (
+        "_headers",
+        "body",
+        "host",
+        "keep_alive",
+        "method",
+        "propagate",
+        "raw_headers",
+        "remote",
+        "target",
+        "trace_id",
+        "traceparent",
+        "tracestate",
+        "user_agent",
+    )
+
+    version: Final = HTTP11  # the lane serves HTTP/1.1 only
+    secure: Final = False  # plain TCP listeners only
+
+    def __init__(
+        self,
+        method: str,
+        target: bytes,
+        raw_headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        remote: str | None,
+        keep_alive: bool,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.raw_headers = raw_headers
+        self.body = body
+        self.remote = remote
+        self.keep_alive = keep_alive
+        self.host = ""
+        self.traceparent: bytes | None = None
+        self.tracestate: bytes | None = None
+        self.user_agent: bytes | None = None
+        self._headers: CIMultiDictProxy[str] | None = None
+        # Set by the front before the handler runs: the W3C trace context fields to send on
+        # any call the handler makes, and the trace id (hex) for error answers.
+        self.propagate: dict[str, str] = {}
+        self.trace_id: str | None = None
+
+    @property
+    def raw_path(self) -> str:
+        """The target as sent (path and query), as aiohttp's ``raw_path``."""
+        return self.target.decode("utf-8", "surrogateescape")
+
+    @property
+    def path(self) -> str:
+        """The path, percent-decoded, as aiohttp's ``request.path``."""
+        return unquote(self.target.partition(b"?")[0].decode("utf-8", "surrogateescape"))
+
+    @property
+    def query_string(self) -> str:
+        return self.target.partition(b"?")[2].decode("utf-8", "surrogateescape")
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        """The fields as a multidict (built when first asked: the hot path reads raw bytes)."""
+        if self._headers is None:
+            fields: CIMultiDict[str] = CIMultiDict()
+            for name, value in self.raw_headers:
+                fields.add(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+            self._headers = CIMultiDictProxy(fields)
+        return self._headers
+
+
+class _HandOff(Exception):
+    """The current request is for aiohttp: give it the connection."""
+
+
+class WireProtocol(asyncio.Protocol):
+    """One client connection on the wire lane (and its ``Reply``)."""
+
+    def __init__(self, front: WireFront) -> None:
+        self._front = front
+        self._lane = front.lane
+        self._transport: asyncio.Transport | None = None
+        self._remote: str | None = None
+        self._buffer = bytearray()
+        self._parser = httptools.HttpRequestParser(self)
+        # Each request runs in a task of its own (as in aiohttp: its context variables do
+        # not leak into the next request); the connection is busy while it runs.
+        self._task: asyncio.Task[None] | None = None
+        self._busy = False
+        self._answer: WireAnswer | None = None  # a synchronous lane's, for the next request
+        self._started = 0.0
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self.idle_since = 0.0
+        # The request being parsed.
+        self._url = b""
+        self._fields: list[tuple[bytes, bytes]] = []
+        self._length = 0
+        self._unsupported = False
+        self._special: dict[int, bytes] = {}
+        self._body: list[bytes] = []
+        self._complete = False
+        self._keep = False
+        self._http11 = False
+        self._method = b""
+        # The answer being written.
+        self._keep_alive = True
+        self._head_only = False
+        self._status = 0
+        self._chunked = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple | list) and peer:
+            self._remote = str(peer[0])
+        self.idle_since = self._front.loop.time()
+        self._front.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._front.forget(self)
+        if self._task is not None:
+            self._task.cancel()  # the client left: its handler stops (and its upstream calls)
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_exception(ConnectionResetError("client connection lost"))
+            self._drained.exception()  # retrieved here; a waiter gets it raised
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if self._busy or self._writing_paused:
+            # Pipelined requests wait for the answer in progress (or for the client to read
+            # the answers it has): the buffer is bounded.
+            if not self._reading_paused and len(self._buffer) > MAX_HEAD + self._lane.max_body:
+                assert self._transport is not None
+                self._transport.pause_reading()
+                self._reading_paused = True
+            return
+        self._serve_next()
+
+    def _serve_next(self) -> None:
+        """Serve the buffered requests in order: the next one's task, or every answer a
+        synchronous lane gives at once (until the client stops reading)."""
+        front = self._front
+        while not self._busy and not self._writing_paused:
+            request = self._next_request()
+            if request is None:
+                return
+            answer = self._answer
+            if answer is None:
+                self._busy = True
+                self._task = task = front.loop.create_task(front.serve(request, self))
+                task.add_done_callback(self._served)
+                return
+            self._answer = None
+            front.answer(request, self, answer, self._started)
+            if not self._keep_alive:
+                self.abort()
+                return
+            self.idle_since = front.loop.time()
+
+    def _served(self, task: asyncio.Task[None]) -> None:
+        self._task = None
+        self._busy = False
+        transport = self._transport
+        if transport is None:
+            return
+        if not self._keep_alive or self._status == 0:
+            transport.close()
+            return
+        self.idle_since = self._front.loop.time()
+        if self._reading_paused and not self._writing_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        self._serve_next()
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+        if not self._busy and self._transport is not None:
+            if self._reading_paused:
+                self._reading_paused = False
+                self._transport.resume_reading()
+            self._serve_next()  # pipelined requests held back while the client did not read
+
+    # -- httptools callbacks --------------------------------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields.append((name, value))
+        kind = _SPECIAL.get(name.lower())
+        if kind is None:
+            return
+        if kind == 1:
+            self._length = int(value) if value.isdigit() else -1
+        elif kind == 2:
+            self._unsupported = True
+        elif kind not in self._special:  # the first of each
+            self._special[kind] = value
+
+    def on_headers_complete(self) -> None:
+        # Read here: llhttp resets its flags once the message is complete.
+        parser = self._parser
+        self._keep = parser.should_keep_alive()
+        self._http11 = parser.get_http_version() == "1.1"
+        self._method = parser.get_method()
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+
+    # -- reading requests ---------------------------------------------------------------------
+
+    def _next_request(self) -> WireRequest | None:
+        """The next buffered request if it is whole and for the lane; None if it is not whole
+        yet, or not for the lane (the connection has then gone to aiohttp)."""
+        buffer = self._buffer
+        if not buffer or self._transport is None:
+            return None
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            # Not a head this lane reads (bare LF line ends, TLS or other bytes that are not
+            # HTTP), or too long: aiohttp answers it (400, 431) without waiting for more.
+            if len(buffer) > MAX_HEAD or b"\n\n" in buffer or not buffer[:1].isalpha():
+                self._hand_off()
+            return None
+        head_end = end + 4
+        if head_end > MAX_HEAD:
+            self._hand_off()
+            return None
+        self._url = b""
+        self._fields = []
+        self._length = 0
+        self._unsupported = False
+        self._special = {}
+        self._body = []
+        self._complete = False
+        parser = self._parser
+        try:
+            parser.feed_data(bytes(buffer[:head_end]))
+            length = self._length
+            if (
+                self._unsupported
+                or length < 0
+                or length > self._lane.max_body
+                or not self._http11
+                or not self._url.startswith(b"/")
+            ):
+                raise _HandOff
+            if length:
+                if len(buffer) < head_end + length:
+                    self._parser = httptools.HttpRequestParser(self)  # parse it again, whole
+                    return None
+                parser.feed_data(bytes(buffer[head_end : head_end + length]))
+            if not self._complete:
+                raise _HandOff  # e.g. two Content-Length fields
+            method = self._method.decode("ascii")
+            raw = self._url.partition(b"?")[0]
+            path = raw.decode("utf-8", "surrogateescape")
+            if b"%" in raw:
+                path = unquote(path)  # as aiohttp's router sees it
+            if (
+                method not in STANDARD_METHODS
+                or path in self._lane.owned
+                or self._front.faults.any_active
+            ):
+                raise _HandOff
+            keep_alive = self._keep
+        except (
+            _HandOff,
+            httptools.HttpParserError,
+            httptools.HttpParserUpgrade,
+            UnicodeDecodeError,
+            ValueError,
+        ):
+            self._hand_off()
+            return None
+        body = b"".join(self._body) if length else b""
+        request = WireRequest(method, self._url, self._fields, body, self._remote, keep_alive)
+        special = self._special
+        if special:
+            host = special.get(3)
+            if host is not None:
+                request.host = host.decode("utf-8", "surrogateescape")
+            request.traceparent = special.get(4)
+            request.tracestate = special.get(5)
+            request.user_agent = special.get(6)
+        answerer = self._lane.answer
+        if answerer is not None:
+            self._started = time.perf_counter()
+            try:
+                self._answer = answerer(request)
+            except Exception as exc:  # aiohttp's path answers instead, and reports its errors
+                _log.warning("wire_answer_failed", error=f"{type(exc).__name__}: {exc}")
+                self._answer = None
+            if self._answer is None:
+                self._hand_off()
+                return None
+        del buffer[: head_end + length]
+        self._keep_alive = keep_alive and not self._front.closing
+        self._head_only = method == "HEAD"
+        self._status = 0
+        self._chunked = False
+        return request
+
+    def _hand_off(self) -> None:
+        """Give the connection, with the bytes of the current request, to aiohttp."""
+        transport = self._transport
+        assert transport is not None
+        self._front.forget(self)
+        self._transport = None
+        handler = self._front.server()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._reading_paused:
+            transport.resume_reading()
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        if data:
+            handler.data_received(data)
+
+    def close_when_idle(self) -> None:
+        """Shutting down: close now if idle, else after the answer in progress."""
+        self._keep_alive = False
+        if not self._busy and self._transport is not None:
+            self._transport.close()
+
+    # -- Reply --------------------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self._status != 0
+
+    @property
+    def status(self) -> int:
+        """The answer's status once started, else 0."""
+        return self._status
+
+    def _head(self, status: int, reason: bytes, head: bytes, framing: bytes) -> bytes:
+        if self._status:
+            raise RuntimeError("the answer has started already")
+        self._status = status
+        connection = b"" if self._keep_alive else b"Connection: close\r\n"
+        return b"HTTP/1.1 %d %s\r\n%s%s%s\r\n" % (status, reason, head, framing, connection)
+
+    def respond(
+        self, status: int, reason: bytes, head: bytes, body: bytes, *, length: int | None = None
+    ) -> None:
+        """The whole answer. ``length`` is a HEAD answer's Content-Length (its body is not
+        sent); 1xx, 204 and 304 answers carry none."""
+        if status in _NO_BODY_STATUSES or status < 200:
+            data = self._head(status, reason, head, b"")
+        elif self._head_only:
+            framing = b"" if length is None else b"Content-Length: %d\r\n" % length
+            data = self._head(status, reason, head, framing)
+        else:
+            data = self._head(status, reason, head, b"Content-Length: %d\r\n" % len(body)) + body
+        if self._transport is not None:
+            self._transport.write(data)
+
+    def start_stream(self, status: int, reason: bytes, head: bytes, length: int | None) -> None:
+        """The answer's head; its body follows by ``send`` (chunked when ``length`` is None)."""
+        if self._head_only:
+            self.respond(status, reason, head, b"", length=length)
+            return
+        if length is None:
+            self._chunked = True
+            framing = b"Transfer-Encoding: chunked\r\n"
+        else:
+            framing = b"Content-Length: %d\r\n" % length
+        data = self._head(status, reason, head, framing)
+        if self._transport is not None:
+            self._transport.write(data)
+
+    async def send(self, chunk: bytes) -> None:
+        """One piece of a streamed body; waits while the client reads slower than we send.
+        Raises ConnectionResetError once the client has gone."""
+        transport = self._transport
+        if transport is None:
+            raise ConnectionResetError("client connection lost")
+        if not chunk or self._head_only:
+            return
+        if self._chunked:
+            transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        else:
+            transport.write(chunk)
+        if self._writing_paused:
+            if self._drained is None:
+                self._drained = self._front.loop.create_future()
+            await self._drained
+
+    def finish(self) -> None:
+        if self._chunked and not self._head_only and self._transport is not None:
+            self._transport.write(b"0\r\n\r\n")
+
+    def abort(self) -> None:
+        self._keep_alive = False
+        if self._transport is not None:
+            self._transport.close()
+
+
+def self_made_head(content_type: bytes) -> bytes:
+    """The head lines of an answer this process makes itself (not relayed), as aiohttp's."""
+    return b"Content-Type: %s\r\nDate: %s\r\nServer: %s\r\n" % (
+        content_type,
+        rfc822_formatted_time().encode("ascii"),
+        SERVER_SOFTWARE.encode("ascii"),
+    )
+
+
+def _internal_error(reply: Reply, trace_id: str | None) -> None:
+    body = json.dumps(error_body("internal", "internal error", trace_id=trace_id)).encode()
+    reply.respond(500, b"Internal Server Error", self_made_head(b"application/json"), body)
+
+
+class WireFront:
+    """The protocol factory of a listener with a wire lane, and its connections. Make it in
+    the running event loop; ``server`` is the app's own (aiohttp's), for hand-offs."""
+
+    def __init__(self, app: web.Application, server: web.Server, lane: WireLane) -> None:
+        self.server = server
+        self.lane = lane
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[WireProtocol] = set()
+        self.closing = False
+        self.metrics = app[HTTP_METRICS_KEY]
+        self.faults = app[FAULTS_KEY]
+        self.in_flight = app[IN_FLIGHT_KEY]
+        provider = app[TRACER_PROVIDER_KEY]
+        self.tracer = provider.get_tracer(tracer_name)
+        self.unsampled = unsampled_span_maker(provider)
+        self._unsampled_root = unsampled_root_maker(provider)
+        self._addresses = HostAddresses()
+        self._names: dict[str, str] = {}
+        self._root = Context()
+        self._reaper: asyncio.TimerHandle | None = None
+        self._none_left = asyncio.Event()
+
+    def __call__(self) -> WireProtocol:
+        if self._reaper is None and not self.closing:
+            self._reap()
+        return WireProtocol(self)
+
+    def _reap(self) -> None:
+        """Close connections idle for longer than the keep-alive timeout (checked each
+        second, as aiohttp's keep-alive timer is coarse too)."""
+        horizon = self.loop.time() - self.lane.keepalive_timeout
+        for conn in [c for c in self.connections if not c.busy and c.idle_since < horizon]:
+            conn.close_when_idle()
+        self._reaper = None if self.closing else self.loop.call_later(1.0, self._reap)
+
+    def _span(self, request: WireRequest, method: str) -> Span:
+        parent = self._root
+        if request.traceparent is not None:
+            carrier = {"traceparent": request.traceparent.decode("latin-1")}
+            if request.tracestate is not None:
+                carrier["tracestate"] = request.tracestate.decode("latin-1")
+            parent = _propagator.extract(carrier)
+        span = self.unsampled(parent) if self.unsampled is not None else None
+        if span is not None:
+            return span
+        route = self.lane.route
+        name = self._names.get(method)
+        if name is None:
+            name = self._names[method] = f"{method} {route}"
+        span = self.tracer.start_span(
+            name,
+            context=parent,
+            kind=SpanKind.SERVER,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        if span.is_recording():
+            agent = request.user_agent
+            span.set_attributes(
+                start_attributes(
+                    method,
+                    route,
+                    request.path,
+                    "http",
+                    self._addresses("http", request.host),
+                    request.remote,
+                    agent.decode("utf-8", "surrogateescape") if agent is not None else None,
+                    request.query_string,
+                )
+            )
+        return span
+
+    async def serve(self, request: WireRequest, reply: WireProtocol) -> None:
+        """Serve one request with the lane's handler, recorded as the middleware would."""
+        method = request.method
+        status = 500
+        error_type: str | None = None
+        self.in_flight.enter()
+        started = time.perf_counter()
+        root = None
+        if request.traceparent is None and self._unsampled_root is not None:
+            root = self._unsampled_root()
+        span: Span | None = None
+        token: Token[Context] | None = None
+        if root is not None:
+            # The common case at saturation: a new trace the budget has no credit for. Only
+            # its ids travel on (so the services downstream do not start traces of their
+            # own): no span object, nothing made current.
+            traceparent = _TRACEPARENT % root
+            request.propagate = {"traceparent": traceparent}
+            request.trace_id = traceparent[3:35]
+        else:
+            span = self._span(request, method)
+            token = context_api.attach(set_span_in_context(span))
+            carrier: dict[str, str] = {}
+            _propagator.inject(carrier)
+            request.propagate = carrier
+            context = span.get_span_context()
+            request.trace_id = f"{context.trace_id:032x}" if context.is_valid else None
+        handler = self.lane.handler
+        assert handler is not None
+        try:
+            await handler(request, reply)
+            if not reply.started:
+                raise RuntimeError("the wire handler gave no answer")
+            status = reply.status
+            if status >= 500:
+                error_type = str(status)
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED
+            error_type = "cancelled"
+            raise
+        except Exception as exc:
+            _log.exception(
+                "unhandled_exception",
+                path=request.path,
+                error_type=type(exc).__name__,
+                trace_id=request.trace_id,
+            )
+            if span is not None:
+                span.record_exception(exc)
+            error_type = type(exc).__qualname__
+            if reply.started:
+                reply.abort()  # a truncated answer is the only signal left
+            else:
+                _internal_error(reply, request.trace_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = self.lane.route
+            self.metrics.observe(method, route, status, elapsed)
+            if span is None:
+                if status >= 500:  # the canonical line of a failure, with its trace's ids
+                    assert root is not None
+                    trace_id, span_id, flags = root
+                    logged = NonRecordingSpan(
+                        SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags)
+                    )
+                    log_request(request.path, logged, method, route, status, elapsed, None)
+            else:
+                end_span_attributes(span, status, None, error_type)
+                if status >= 500 or span.is_recording():  # log_request's rule
+                    log_request(request.path, span, method, route, status, elapsed, None)
+                if token is not None:
+                    context_api.detach(token)
+                span.end()
+            self.in_flight.leave()
+
+    def answer(
+        self, request: WireRequest, reply: WireProtocol, answer: WireAnswer, started: float
+    ) -> None:
+        """Send a synchronous lane's answer, recorded as the middleware would (no context is
+        made current: the answer makes no calls)."""
+        method = request.method
+        status = answer[0]
+        span = None
+        if request.traceparent is not None or self._unsampled_root is None:
+            span = self._span(request, method)
+        else:
+            root = self._unsampled_root()
+            if root is None:  # the budget has credit: a new trace
+                span = self._span(request, method)
+        reply.respond(*answer)
+        elapsed = time.perf_counter() - started
+        route = self.lane.route
+        self.metrics.observe(method, route, status, elapsed)
+        if span is not None:
+            end_span_attributes(span, status, None, str(status) if status >= 500 else None)
+            if status >= 500 or span.is_recording():  # log_request's rule
+                log_request(request.path, span, method, route, status, elapsed, None)
+            span.end()
+
+    def forget(self, conn: WireProtocol) -> None:
+        """``conn`` closed or went to aiohttp."""
+        self.connections.discard(conn)
+        if not self.connections:
+            self._none_left.set()
+
+    async def shutdown(self, drain: float) -> None:
+        """Close idle connections now, busy ones after their answer (``drain`` seconds at
+        most, then they are closed too)."""
+        self.closing = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        if not self.connections:
+            return
+        self._none_left.clear()
+        for conn in list(self.connections):
+            conn.close_when_idle()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(drain):
+                await self._none_left.wait()
+        for conn in list(self.connections):
+            conn.abort()
+
+
+class WireSite(web.BaseSite):
+    """A TCP listener whose connections start on the app's wire lane (``WireFront``)."""
+
+    __slots__ = ("_drain", "_front", "_host", "_port")
+
+    def __init__(
+        self, runner: web.AppRunner, host: str, port: int, lane: WireLane, drain: float
+    ) -> None:
+        super().__init__(runner)
+        assert runner.server is not None
+        self._front = WireFront(runner.app, runner.server, lane)
+        self._host = host
+        self._port = port
+        self._drain = drain
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    @property
+    def front(self) -> WireFront:
+        return self._front
+
+    async def start(self) -> None:
+        await super().start()
+        self._server = await self._front.loop.create_server(
+            self._front, self._host, self._port, backlog=self._backlog
+        )
+
+    async def stop(self) -> None:
+        await super().stop()  # the listener closes
+        with contextlib.suppress(Exception):
+            await self._front.shutdown(self._drain)
