@@ -4,14 +4,15 @@
 pool, the keep-alive ``UpstreamClient`` (the balancer's own HTTP/1.1 client, opened and closed
 in a ``cleanup_ctx``), the health checker task (on an aiohttp ``ClientSession``: a few requests
 a second need no special client) and the metrics. ``/healthz``, ``/readyz`` and ``/metrics``
-are the balancer's own; every other path is proxied.
+are the balancer's own; every other path is proxied, on the wire lane (``observability.wire``)
+for connections that start there, else through aiohttp.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import aiohttp
 from aiohttp import web
@@ -27,6 +28,7 @@ from edge.balancer.upstream import UpstreamClient
 from mesh.discovery import Discovery, StaticDiscovery
 from observability.app import REGISTRY_KEY, create_base_app
 from observability.fastlane import FAST_LANE_KEY, FastLane
+from observability.wire import WIRE_LANE_KEY, Reply, WireLane, WireRequest
 
 POOL_KEY = web.AppKey("balancer_pool", UpstreamPool)
 PROXY_KEY = web.AppKey("balancer_proxy", Proxy)
@@ -88,9 +90,16 @@ def create_app(
         # Not request.app: the fast lane's requests were never routed.
         return await app[PROXY_KEY].handle(request)
 
+    def handle_wire(request: WireRequest, reply: Reply) -> Awaitable[None]:
+        return app[PROXY_KEY].handle_wire(request, reply)  # its coroutine: no extra layer
+
     app.cleanup_ctx.append(resources)
     resource = add_proxy_route(app, handle)
-    # Requests that will not be traced are proxied before routing (observability.fastlane).
+    # Connections start on the wire lane, which proxies below aiohttp's server; what it does
+    # not serve (the balancer's own routes, faults, unusual framing) aiohttp serves, where
+    # requests that will not be traced skip the router and middlewares (observability.wire,
+    # observability.fastlane).
+    app[WIRE_LANE_KEY] = WireLane(resource.canonical, handle_wire, config.buffer_bytes)
     app[FAST_LANE_KEY] = FastLane(resource.canonical, handler=handle)
     return app
 

@@ -10,9 +10,10 @@ Two forms of the same rules:
 
 - ``upstream_request_headers`` / ``downstream_response_headers`` work on multidicts, for a
   proxy that talks to its upstream through aiohttp's client (the CDN PoP);
-- ``RequestHeadWriter`` / ``response_header_items`` work on the raw ``(name, value)`` byte
-  pairs both parsers give, for the balancer's own HTTP/1.1 client (``edge.balancer.upstream``):
-  no multidict is built for the request it forwards, and the answer's fields are decoded once.
+- ``RequestHeadWriter`` / ``ResponseHeaderFilter`` work on the raw ``(name, value)`` byte
+  pairs the parsers give, for the balancer's own HTTP/1.1 client (``edge.balancer.upstream``)
+  and its wire lane (``observability.wire``): no multidict is built for the request it
+  forwards, and the answer's fields are copied as bytes (or decoded once, for aiohttp).
 
 Both give the same result: ``X-Forwarded-For`` gets the client's address appended to every
 earlier value (one comma-separated list, RFC 7239's predecessor convention), ``Via`` gets this
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -134,6 +136,21 @@ def _extra_named(value: bytes) -> frozenset[bytes]:
     return _named_b((value,)) - _REQUEST_DROP_B
 
 
+class ProxiedRequest(Protocol):
+    """What the head writer reads of a request: aiohttp's, or the wire lane's."""
+
+    @property
+    def raw_headers(self) -> RawHeaders: ...
+    @property
+    def remote(self) -> str | None: ...
+    @property
+    def secure(self) -> bool: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def version(self) -> tuple[int, int]: ...
+
+
 class RequestHeadWriter:
     """The header lines a proxy named ``via`` sends upstream, built from the raw request.
 
@@ -167,7 +184,7 @@ class RequestHeadWriter:
             self._kinds[name] = kind
         return kind
 
-    def lines(self, request: web.BaseRequest, inject: Mapping[str, str] | None = None) -> bytes:
+    def lines(self, request: ProxiedRequest, inject: Mapping[str, str] | None = None) -> bytes:
         head = self._lines(request, _NOTHING, inject)
         if head is None:
             # The client named more hop-by-hop fields in Connection: filter again (rare).
@@ -178,7 +195,7 @@ class RequestHeadWriter:
 
     def _lines(
         self,
-        request: web.BaseRequest,
+        request: ProxiedRequest,
         skip: frozenset[bytes],
         inject: Mapping[str, str] | None,
     ) -> bytes | None:
@@ -257,14 +274,15 @@ _R_DROP, _R_CONNECTION, _R_VIA = range(3)
 class ResponseHeaderFilter:
     """An upstream answer's fields for the client, as a proxy named ``via`` passes them.
 
-    ``items(raw)`` drops hop-by-hop fields and Content-Length (aiohttp frames the body) and
-    appends this hop to ``Via``. Values are decoded as aiohttp's own parser does (UTF-8,
-    undecodable bytes kept as surrogates); names and their treatment are remembered (bounded).
+    Hop-by-hop fields and Content-Length (the next writer frames the body) are dropped and
+    this hop is appended to ``Via``; ``items(raw)`` gives the fields as aiohttp's response
+    takes them (values decoded as aiohttp's own parser does: UTF-8, undecodable bytes kept as
+    surrogates), ``lines(raw)`` as the bytes a raw writer sends. Names and their treatment are
+    remembered (bounded).
     """
 
     def __init__(self, via: str) -> None:
         self._via = b"1.1 " + via.encode()
-        self._via_str = self._via.decode()
         self._kept: dict[bytes, str] = {}  # name as sent -> name to pass on
         self._special: dict[bytes, int] = {}  # name as sent -> _R_*
 
@@ -285,35 +303,51 @@ class ResponseHeaderFilter:
             self._special[name] = special
         return special
 
-    def items(self, raw: RawHeaders) -> list[tuple[str, str]]:
+    def _filter(self, raw: RawHeaders) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """The fields to pass on (as sent) and the ``Via`` value to append."""
         kept_names = self._kept
-        out: list[tuple[str, str]] = []
+        out: list[tuple[bytes, bytes]] = []
         append = out.append
         via: list[bytes] | None = None
         named: frozenset[bytes] = _NOTHING
-        for name, value in raw:
-            kept = kept_names.get(name)
-            if kept is not None:
-                append((kept, value.decode("utf-8", "surrogateescape")))
+        for pair in raw:
+            name = pair[0]
+            if name in kept_names:
+                append(pair)
                 continue
             what = self._special.get(name)
             if what is None:
                 learnt = self._learn(name)
                 if isinstance(learnt, str):
-                    append((learnt, value.decode("utf-8", "surrogateescape")))
+                    append(pair)
                     continue
                 what = learnt
             if what == _R_VIA:
-                via = [value] if via is None else [*via, value]
+                via = [pair[1]] if via is None else [*via, pair[1]]
             elif what == _R_CONNECTION:
-                named = named | _named_b((value,))
+                named = named | _named_b((pair[1],))
         if named:
-            out = [(k, v) for k, v in out if k.lower().encode("latin-1") not in named]
+            out = [(k, v) for k, v in out if k.lower() not in named]
             if b"via" in named:
                 via = None
         if via is None:
-            out.append(("Via", self._via_str))
-        else:
-            via.append(self._via)
-            out.append(("Via", b", ".join(via).decode("utf-8", "surrogateescape")))
+            return out, self._via
+        via.append(self._via)
+        return out, b", ".join(via)
+
+    def items(self, raw: RawHeaders) -> list[tuple[str, str]]:
+        """The fields as aiohttp takes them: names as sent, values decoded (UTF-8)."""
+        kept, via = self._filter(raw)
+        names = self._kept
+        out = [
+            (names.get(k) or k.decode("latin-1"), v.decode("utf-8", "surrogateescape"))
+            for k, v in kept
+        ]
+        out.append(("Via", via.decode("utf-8", "surrogateescape")))
         return out
+
+    def lines(self, raw: RawHeaders) -> bytes:
+        """The fields as ``Name: value\r\n`` lines, bytes as sent (for a raw writer)."""
+        kept, via = self._filter(raw)
+        kept.append((b"Via", via))
+        return b"".join([b"%s: %s\r\n" % pair for pair in kept])

@@ -37,7 +37,10 @@ uses aiohttp's client.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -64,6 +67,7 @@ from edge.balancer.upstream import (
 from mesh.discovery import Instance
 from observability.errors import error_body
 from observability.logs import get_logger
+from observability.wire import Reply, WireRequest, self_made_head
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 # Methods whose requests carry content by definition: an empty one says so (Content-Length: 0).
@@ -73,19 +77,37 @@ _METHODS = {
     m: m.encode("ascii") for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 }
 _CHUNK = 64 * 1024
+_T = TypeVar("_T")
+_T_co = TypeVar("_T_co", covariant=True)
 _propagator = TraceContextTextMapPropagator()  # stateless codec, not a singleton resource
 _log = get_logger("edge.balancer.proxy")
 
 
-def problem(status: int, code: str, message: str, **extra: object) -> web.Response:
-    """An error answer in the shared shape, as ``application/problem+json`` (RFC 9457)."""
+def problem_body(status: int, code: str, message: str, **extra: object) -> dict[str, Any]:
+    """An error answer's body in the shared shape, as RFC 9457 describes it."""
     body = error_body(code, message, **extra)
     body.update({"type": "about:blank", "title": message, "status": status})
+    return body
+
+
+def problem(status: int, code: str, message: str, **extra: object) -> web.Response:
+    """An error answer in the shared shape, as ``application/problem+json`` (RFC 9457)."""
+    body = problem_body(status, code, message, **extra)
     return web.json_response(body, status=status, content_type="application/problem+json")
 
 
+class _Incoming(Protocol):
+    """What the proxy reads of a request besides its head lines: aiohttp's or the wire's."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def remote(self) -> str | None: ...
+
+
 class Proxy:
-    """The balancer's request handler."""
+    """The balancer's request handler: ``handle`` on aiohttp's path, ``handle_wire`` on the
+    wire lane's; both forward through ``_forward``."""
 
     def __init__(
         self,
@@ -100,7 +122,7 @@ class Proxy:
         self.metrics = metrics
         self.via = config.process.instance_id
         self._head = RequestHeadWriter(self.via)
-        self._answer_headers = ResponseHeaderFilter(self.via)
+        self.answer_headers = ResponseHeaderFilter(self.via)
         self._hash_header = config.hash_header
         self._consistent = config.policy == "consistent_hash"
         self._buffer_bytes = config.buffer_bytes
@@ -117,7 +139,7 @@ class Proxy:
             self.metrics.track_active(instance.id, lambda: client.in_use(address))
         return stats
 
-    def _hash_key(self, request: web.Request) -> str | None:
+    def _hash_key(self, request: _Incoming) -> str | None:
         if self._hash_header is not None:
             value = request.headers.get(self._hash_header)
             if value is not None:
@@ -125,6 +147,7 @@ class Proxy:
         return request.remote
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Proxy a request aiohttp's server read (bodies of any size and framing)."""
         method = request.method
         carrier: dict[str, str] = {}
         _propagator.inject(carrier)  # W3C traceparent of the current span, if any
@@ -149,6 +172,38 @@ class Proxy:
         else:
             framing = b""
         target = request.raw_path.encode("utf-8", "surrogateescape")
+        out = _ToAiohttp(self, request)
+        return await self._forward(
+            request, method, target, lines, framing, body, stream, length, out
+        )
+
+    async def handle_wire(self, request: WireRequest, reply: Reply) -> None:
+        """Proxy a request the wire lane read (``observability.wire``): its body, if any, is
+        in hand (at most ``buffer_bytes``)."""
+        method = request.method
+        lines = self._head.lines(request, request.propagate)  # the front's trace context
+        body = request.body
+        if body or method in _CONTENT_METHODS:
+            framing = b"Content-Length: %d\r\n" % len(body)
+        else:
+            framing = b""
+        out = _ToWire(self, reply, request.trace_id)
+        await self._forward(request, method, request.target, lines, framing, body, None, None, out)
+
+    async def _forward(
+        self,
+        request: _Incoming,
+        method: str,
+        target: bytes,
+        lines: bytes,
+        framing: bytes,
+        body: bytes | None,
+        stream: StreamReader | None,
+        length: int | None,
+        out: _Out[_T],
+    ) -> _T:
+        """Send the request to an instance (another one on a failure that allows it) and
+        give the answer, or the failure, to ``out``."""
         method_b = _METHODS.get(method) or method.encode("ascii")
         safe = stream is None and method in IDEMPOTENT_METHODS  # may be sent twice
         no_body = method == "HEAD"
@@ -158,12 +213,12 @@ class Proxy:
         client = self.client
         loop = client.loop
         tried: list[Instance] = []
-        answer: web.Response | None = None
+        failure: tuple[int, str, str] | None = None
         for _ in range(self._attempts):
             candidates: Sequence[Instance] = pool.candidates()
             if not candidates:
                 self.metrics.no_upstream.inc()
-                return problem(502, "unavailable", f"no instance of {pool.service} is known")
+                return out.problem(502, "unavailable", f"no instance of {pool.service} is known")
             instance = balancer.pick(candidates, key, exclude=tried)
             if instance in tried:
                 break  # every candidate failed this request already
@@ -205,34 +260,28 @@ class Proxy:
                         # The headers came, then the (small) body broke off: it answered.
                         stats.done(conn.status, conn.headers_at - started)
                         self._judge(instance, conn.status)
-                        return _broken_off(exc)
+                        return out.problem(*_broken_off(exc))
                     stats.done(exc.code, loop.time() - started)
-                    answer, retry = self._failed(instance, exc, safe)
+                    failure, retry = self._failed(instance, exc, safe)
                     if retry:
                         continue
-                    return answer
+                    return out.problem(*failure)
                 status = conn.status
                 stats.done(status, conn.headers_at - started)
                 if status >= 500:
                     balancer.record_failure(instance)
                 else:
                     balancer.record_success(instance)
-                headers = self._answer_headers.items(conn.headers)
-                reason = conn.reason.decode("latin-1") or None
                 if conn.streaming:
-                    return await self._stream(request, conn, status, reason, headers)
-                if no_body or status in _NO_BODY_STATUSES:
-                    if no_body and conn.content_length is not None:
-                        headers.append(("Content-Length", str(conn.content_length)))
-                    return web.Response(status=status, reason=reason, headers=headers)
-                return web.Response(status=status, reason=reason, body=conn.body(), headers=headers)
+                    return await out.stream(conn, status, no_body)
+                return out.whole(conn, status, no_body)
             finally:
                 if conn is not None:
                     host.release(conn)  # pooled if the exchange completed cleanly, else closed
                 if self._in_flight:
                     balancer.end(instance)
-        assert answer is not None
-        return answer
+        assert failure is not None
+        return out.problem(*failure)
 
     def _judge(self, instance: Instance, status: int) -> None:
         if status >= 500:
@@ -242,33 +291,65 @@ class Proxy:
 
     def _failed(
         self, instance: Instance, exc: UpstreamError, safe: bool
-    ) -> tuple[web.Response, bool]:
-        """The answer for an attempt that got none, and whether another instance may be
-        tried."""
+    ) -> tuple[tuple[int, str, str], bool]:
+        """The answer (status, code, message) for an attempt that got none, and whether
+        another instance may be tried."""
         if isinstance(exc, ConnectFailed):
             self.pool.connect_failed(instance)
             _log.warning("upstream_connect_failed", upstream=instance.id, error=str(exc))
-            return problem(502, "unavailable", f"cannot connect to {instance.id}"), True
+            return (502, "unavailable", f"cannot connect to {instance.id}"), True
         if isinstance(exc, PoolExhausted):
             _log.warning("upstream_pool_full", upstream=instance.id, error=str(exc))
-            return problem(503, "unavailable", f"every connection to {instance.id} is busy"), False
+            return (503, "unavailable", f"every connection to {instance.id} is busy"), False
         self.pool.balancer.record_failure(instance)
         if isinstance(exc, UpstreamTimeout):
             _log.warning("upstream_timeout", upstream=instance.id, error=str(exc))
-            answer = problem(504, "deadline_exceeded", f"{instance.id} did not answer in time")
-            return answer, False
+            return (504, "deadline_exceeded", f"{instance.id} did not answer in time"), False
         _log.warning("upstream_reset", upstream=instance.id, error=str(exc), code=exc.code)
-        return problem(502, "unavailable", f"{instance.id} closed the connection"), safe
+        return (502, "unavailable", f"{instance.id} closed the connection"), safe
 
-    async def _stream(
-        self,
-        request: web.Request,
-        conn: UpstreamConnection,
-        status: int,
-        reason: str | None,
-        headers: list[tuple[str, str]],
+
+class _Out(Protocol[_T_co]):
+    """Where ``Proxy._forward`` delivers: an answer to relay, or a failure to report."""
+
+    def problem(self, status: int, code: str, message: str) -> _T_co: ...
+
+    def whole(self, conn: UpstreamConnection, status: int, no_body: bool) -> _T_co:
+        """An answer whose body (if any) the client has read whole."""
+
+    async def stream(self, conn: UpstreamConnection, status: int, no_body: bool) -> _T_co:
+        """A large or unknown-length answer, relayed chunk by chunk (never whole in memory)."""
+
+
+class _ToAiohttp:
+    """Answers as aiohttp responses."""
+
+    __slots__ = ("_filter", "_request")
+
+    def __init__(self, proxy: Proxy, request: web.Request) -> None:
+        self._filter = proxy.answer_headers
+        self._request = request
+
+    def problem(self, status: int, code: str, message: str) -> web.StreamResponse:
+        return problem(status, code, message)
+
+    def whole(self, conn: UpstreamConnection, status: int, no_body: bool) -> web.StreamResponse:
+        headers = self._filter.items(conn.headers)
+        reason = conn.reason.decode("latin-1") or None
+        if no_body or status in _NO_BODY_STATUSES:
+            if no_body and conn.content_length is not None:
+                headers.append(("Content-Length", str(conn.content_length)))
+            return web.Response(status=status, reason=reason, headers=headers)
+        return web.Response(status=status, reason=reason, body=conn.body(), headers=headers)
+
+    async def stream(
+        self, conn: UpstreamConnection, status: int, no_body: bool
     ) -> web.StreamResponse:
-        """Relay a large or unknown-length body chunk by chunk (never whole in memory)."""
+        if no_body:
+            return self.whole(conn, status, no_body)
+        request = self._request
+        headers = self._filter.items(conn.headers)
+        reason = conn.reason.decode("latin-1") or None
         response = web.StreamResponse(status=status, reason=reason, headers=headers)
         if conn.content_length is not None:
             response.content_length = conn.content_length
@@ -287,6 +368,50 @@ class Proxy:
                 request.transport.close()
             _log.warning("stream_aborted", error=type(exc).__name__)
         return response
+
+
+class _ToWire:
+    """Answers written on the wire lane's connection."""
+
+    __slots__ = ("_filter", "_reply", "_trace_id")
+
+    def __init__(self, proxy: Proxy, reply: Reply, trace_id: str | None) -> None:
+        self._filter = proxy.answer_headers
+        self._reply = reply
+        self._trace_id = trace_id
+
+    def problem(self, status: int, code: str, message: str) -> None:
+        body = problem_body(status, code, message, trace_id=self._trace_id)
+        head = self_made_head(b"application/problem+json")
+        reply = self._reply
+        reply.respond(status, HTTPStatus(status).phrase.encode(), head, json.dumps(body).encode())
+
+    def whole(self, conn: UpstreamConnection, status: int, no_body: bool) -> None:
+        head = self._filter.lines(conn.headers)
+        if no_body or status in _NO_BODY_STATUSES:
+            length = conn.content_length if no_body else None
+            self._reply.respond(status, conn.reason, head, b"", length=length)
+        else:
+            self._reply.respond(status, conn.reason, head, conn.body())
+
+    async def stream(self, conn: UpstreamConnection, status: int, no_body: bool) -> None:
+        if no_body:
+            self.whole(conn, status, no_body)
+            return
+        reply = self._reply
+        reply.start_stream(
+            status, conn.reason, self._filter.lines(conn.headers), conn.content_length
+        )
+        try:
+            async with asyncio.timeout_at(conn.deadline):
+                while chunk := await conn.read_chunk():
+                    await reply.send(chunk)
+            reply.finish()
+        except (UpstreamError, TimeoutError, ConnectionError) as exc:
+            # As for aiohttp: the status line is out, closing both sides is the only signal.
+            conn.close()
+            reply.abort()
+            _log.warning("stream_aborted", error=type(exc).__name__)
 
 
 async def relay_response(
@@ -342,10 +467,10 @@ async def stream_rest(
         _log.warning("stream_aborted", error=type(exc).__name__)
 
 
-def _broken_off(exc: UpstreamError) -> web.Response:
+def _broken_off(exc: UpstreamError) -> tuple[int, str, str]:
     if isinstance(exc, UpstreamTimeout):
-        return problem(504, "deadline_exceeded", "upstream did not finish its answer in time")
-    return problem(502, "unavailable", "upstream broke off its answer")
+        return 504, "deadline_exceeded", "upstream did not finish its answer in time"
+    return 502, "unavailable", "upstream broke off its answer"
 
 
 def _failed_before_answer(exc: BaseException) -> web.Response:
