@@ -23,9 +23,12 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
+from http import HTTPStatus
 
 import aiohttp
 from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -51,6 +54,7 @@ from edge.cdn.policy import (
 )
 from edge.cdn.store import CacheStore, Entry
 from observability.logs import get_logger
+from observability.wire import WireAnswer, WireRequest
 
 _UNSAFE = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 # Request fields the PoP drops when it fetches for the cache (it asks for the full answer).
@@ -581,6 +585,23 @@ def cached_answer(
     return web.Response(status=entry.status, body=entry.body, headers=headers)
 
 
+def _fresh(
+    store: CacheStore, target: str, headers: Mapping[str, str]
+) -> tuple[Entry, float] | None:
+    """The stored response for a plain request of ``target`` and its age, if it is fresh."""
+    entry = store.get(target, headers)
+    if entry is None:
+        return None
+    age = entry.age(time.time())
+    decision = reuse(
+        age=age,
+        lifetime=entry.lifetime,
+        response_cc=entry.cache_control,
+        request_cc=EMPTY_CACHE_CONTROL,
+    )
+    return (entry, age) if decision is Reuse.FRESH else None
+
+
 def fresh_hit(store: CacheStore, metrics: CdnMetrics, request: web.Request) -> web.Response | None:
     """The answer to a plain GET/HEAD whose stored response is fresh (``HIT``), or None.
 
@@ -594,16 +615,56 @@ def fresh_hit(store: CacheStore, metrics: CdnMetrics, request: web.Request) -> w
     headers = request.headers
     if "Cache-Control" in headers or "Pragma" in headers or "Range" in headers:
         return None
-    entry = store.get(request.raw_path, headers)
-    if entry is None:
+    found = _fresh(store, request.raw_path, headers)
+    if found is None:
         return None
-    age = entry.age(time.time())
-    decision = reuse(
-        age=age,
-        lifetime=entry.lifetime,
-        response_cc=entry.cache_control,
-        request_cc=EMPTY_CACHE_CONTROL,
-    )
-    if decision is not Reuse.FRESH:
+    return cached_answer(metrics, request, *found, "HIT")
+
+
+# Request fields that send a GET down the full path on the wire: cache directives, ranges and
+# conditional requests (which aiohttp's path answers, 304 included).
+_WIRE_BYPASS = frozenset(
+    {b"cache-control", b"pragma", b"range", b"if-none-match", b"if-modified-since"}
+)
+_SERVER_LINE = b"Server: %s\r\n" % SERVER_SOFTWARE.encode("ascii")
+
+
+def wire_hit(store: CacheStore, metrics: CdnMetrics, request: WireRequest) -> WireAnswer | None:
+    """A fresh hit for a plain GET as the wire lane sends it (``observability.wire``), or None
+    (the request then goes to aiohttp, where ``fresh_hit`` or ``EdgeCache.handle`` serve it).
+
+    The same answer ``cached_answer`` gives through aiohttp, as bytes: the stored fields, then
+    ``Age`` and ``X-Cache: HIT``, then what aiohttp adds when they are missing
+    (``Content-Type: application/octet-stream`` for a body, ``Date``, ``Server``).
+    """
+    if request.method != "GET":
         return None
-    return cached_answer(metrics, request, entry, age, "HIT")
+    for name, _ in request.raw_headers:
+        if name.lower() in _WIRE_BYPASS:
+            return None
+    found = _fresh(store, request.raw_path, request.headers)
+    if found is None:
+        return None
+    entry, age = found
+    status = entry.status
+    if status < 200 or status in (204, 304) or status not in _REASONS:
+        return None
+    lines = [
+        b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("utf-8", "surrogateescape"))
+        for name, value in entry.headers
+    ]
+    lines.append(b"Age: %d\r\nX-Cache: HIT\r\n" % int(age))
+    present = {name.lower() for name, _ in entry.headers}
+    body = entry.body
+    if body and "content-type" not in present:
+        lines.append(b"Content-Type: application/octet-stream\r\n")
+    if "date" not in present:
+        lines.append(b"Date: %s\r\n" % rfc822_formatted_time().encode("ascii"))
+    if "server" not in present:
+        lines.append(_SERVER_LINE)
+    metrics.results["hit"].inc()
+    metrics.from_cache.inc(len(body))
+    return status, _REASONS[status], b"".join(lines), body
+
+
+_REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}

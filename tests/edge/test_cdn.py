@@ -6,16 +6,22 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDictProxy
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
 from edge.cdn import CdnConfig, create_admin, create_app
 from mesh.process import ProcessConfig
 from observability.fastlane import install_fast_lane
 from observability.sampling import ParentBasedRateLimiting
+from observability.wire import WIRE_LANE_KEY, WireSite
 from tests.edge.support_proxy import Upstream
 from tests.support.processes import free_port
 
@@ -328,3 +334,69 @@ async def test_the_fast_lane_answers_fresh_hits_as_the_full_path_does(
     )
     assert counted == 4.0  # the miss, the traced hit, the fast hit, the revalidation
     provider.shutdown()
+
+
+async def test_the_wire_lane_answers_fresh_hits_as_aiohttp_does(
+    aiohttp_client: ClientFactory, origin: Upstream
+) -> None:
+    """On the wire lane (``observability.wire``) a fresh hit of a plain GET is answered below
+    aiohttp's server: the same answer as aiohttp's path gives, counted and traced the same;
+    what the lane does not answer (a miss, a conditional request) aiohttp serves."""
+    path = "/cached/w?cc=max-age=60&etag=1"
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBasedRateLimiting(0))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    process = ProcessConfig(service="cdn-us", instance_id="pop-us", admin_token=TOKEN)
+    registry = CollectorRegistry()
+    app = create_app(
+        CdnConfig(process=process, origin_url=origin.url),
+        registry=registry,
+        tracer_provider=provider,
+    )
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await WireSite(runner, "127.0.0.1", port, app[WIRE_LANE_KEY], 1.0).start()
+    reference = await aiohttp_client(_pop(origin.url))  # aiohttp's path only
+    # One connection per request, so each starts on the wire lane.
+    connector = aiohttp.TCPConnector(force_close=True)
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", connector=connector) as s:
+
+            async def answer(**headers: str) -> tuple[int, dict[str, str], bytes]:
+                async with s.get(path, headers=headers) as resp:
+                    return resp.status, _comparable(resp.headers), await resp.read()
+
+            assert (await answer())[1]["x-cache"] == "MISS"  # aiohttp's path fetched it
+            wire = await answer()
+            traced = await answer(traceparent=traceparent)
+            conditional = await answer(**{"If-None-Match": wire[1]["etag"]})
+        for _ in range(2):
+            async with reference.get(path) as resp:
+                expected = (resp.status, _comparable(resp.headers), await resp.read())
+        assert expected[1]["x-cache"] == "HIT"
+        assert wire == expected
+        assert traced == expected
+        assert (conditional[0], conditional[1]["x-cache"], conditional[2]) == (304, "HIT", b"")
+        assert runner.server is not None
+        assert runner.server.requests_count == 2  # aiohttp served the miss and the 304 only
+        hits = registry.get_sample_value("cdn_cache_requests_total", {"result": "hit"})
+        assert hits == 3.0
+        counted = registry.get_sample_value(
+            "http_server_requests_total", {"method": "GET", "route": "/{tail}", "code": "200"}
+        )
+        assert counted == 3.0  # the miss and the two hits on the wire
+        (span,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+        assert span.name == "GET /{tail}"
+        assert span.context is not None
+        assert f"{span.context.trace_id:032x}" == traceparent[3:35]
+    finally:
+        await runner.cleanup()
+        provider.shutdown()
+
+
+def _comparable(headers: CIMultiDictProxy[str]) -> dict[str, str]:
+    """The fields two answers of the same stored response share (not its age or the time)."""
+    skip = {"age", "date", "connection"}
+    return {k.lower(): v for k, v in headers.items() if k.lower() not in skip}
