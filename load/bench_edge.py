@@ -16,16 +16,21 @@ testbed's processes use (uvloop when installed), so the ratios compare like with
 The balancer and the PoP are measured in three configurations, each printed with its
 settings:
 
-``testbed default`` (the headline): the processes exactly as ``testbed up`` runs them. RED
-metrics for every request; up to 100 new traces a second per process
-(``parentbased_ratelimiting``), each with its span in the span file and its canonical log line;
-the requests beyond that (nearly all of them at saturation) are not traced, so they take the
-fast lane (``observability.fastlane``): the PoP answers fresh hits and the balancer proxies
-before routing and the telemetry middleware.
+``testbed default`` (the headline): the processes exactly as ``testbed up`` runs them. Their
+connections start on the wire lane (``observability.wire``): the balancer proxies and the PoP
+answers fresh hits below aiohttp's server. RED metrics for every request; up to 100 new traces
+a second per process (``parentbased_ratelimiting``), each with its span in the span file and
+its canonical log line; the requests beyond that (nearly all of them at saturation) are not
+traced, and only their trace ids travel on.
 ``every request traced``: ``OTEL_TRACES_SAMPLER=parentbased_always_on``: a span, a span-file
 record and a log line for every request, whatever the load.
-``proxy logic only``: the balancer's and the PoP's request path on a plain aiohttp app, with
-no telemetry at all: what the proxy code itself costs.
+``aiohttp server, no telemetry``: the balancer's and the PoP's request code served by
+aiohttp's server (no wire lane), with no span, log line or metrics: what the wire lane saves
+shows against the default, which does more on less.
+
+HAProxy is configured as the balancer behaves: round robin, health checks, retries, keep-alive
+to the backends, and the same forwarding fields (``X-Forwarded-For``, ``-Proto``, ``-Host``,
+``Via``), so the backends parse as many fields behind either.
 
 Everything runs on loopback on this machine, so the load generator, the proxy and the backends
 share its cores: the figures are ratios measured under the same conditions, not capacities.
@@ -288,17 +293,30 @@ def wrk(url: str, *, connections: int, duration: float, cpu_of: int | None = Non
 
 DEFAULT = "testbed default"
 TRACED = "every request traced"
-CORE = "proxy logic only"
+CORE = "aiohttp server, no telemetry"
 PROFILES: dict[str, dict[str, str]] = {
     DEFAULT: {"TESTBED_LOG_LEVEL": "info"},
     TRACED: {"TESTBED_LOG_LEVEL": "info", "OTEL_TRACES_SAMPLER": "parentbased_always_on"},
 }
 DESCRIPTIONS = {
-    DEFAULT: "as `testbed up` runs them: RED metrics for every request; up to 100 new traces/s "
-    "per process, each with its span and log line; the rest take the fast lane",
+    DEFAULT: "as `testbed up` runs them, on the wire lane: RED metrics for every request; up "
+    "to 100 new traces/s per process, each with its span and log line",
     TRACED: "a span exported to the span file and an info log line for every request, RED metrics",
-    CORE: "the proxy code on a plain aiohttp app: no span, no log line, no metrics",
+    CORE: "the proxy code on aiohttp's server (no wire lane): no span, no log line, no metrics",
 }
+
+
+# The forwarding fields the balancer sets besides X-Forwarded-For (``option forwardfor``), so
+# the backends parse as many fields behind either proxy; only the balancer's traceparent has
+# no counterpart (this HAProxy traces nothing).
+FORWARDING = """\
+    acl has_proto req.hdr(x-forwarded-proto) -m found
+    acl has_host req.hdr(x-forwarded-host) -m found
+    http-request set-header X-Forwarded-Proto http unless has_proto
+    http-request set-header X-Forwarded-Host %[req.hdr(host)] unless has_host
+    http-request add-header Via "1.1 haproxy"
+    http-response add-header Via "1.1 haproxy"
+"""
 
 
 def haproxy_config(port: int, backends: list[int]) -> str:
@@ -324,7 +342,7 @@ backend be
     option httpchk GET /readyz
     retries 2
     option redispatch
-{servers}
+{FORWARDING}{servers}
 """
 
 
@@ -593,14 +611,13 @@ def main(argv: list[str] | None = None) -> int:
         "\nWhat limits them (see the CPU per request printed with each figure): one Python"
         "\nprocess per hop on a shared 2-core machine, so wrk, the backends and the hop under"
         "\ntest compete for the same cores, and every microsecond the hop spends is one its"
-        "\nbackends lose. Most of a bare aiohttp handler's CPU is aiohttp's server side"
-        "\n(parse, Request, Response, two syscalls); a PoP hit adds the cache lookup, the"
-        "\nstored headers copied with Age and X-Cache, and the counters. The balancer adds to"
-        "\nthat server side the upstream exchange (its httptools client; aiohttp's client cost"
-        "\n~4x as much) and the header rewriting, and as `testbed up` runs it the metrics, the"
-        "\nin-flight count, the untraced span context and the 100 traced requests a second."
-        "\nHAProxy does the whole hop in C for a fraction of that. Tracing every request adds"
-        "\na recorded span, its span-file record and a log line to each request."
+        "\nbackends lose. On the wire lane a PoP hit is a head parsed by httptools, a cache"
+        "\nlookup and one write: less than a bare aiohttp handler, whose CPU is mostly"
+        "\naiohttp's server side. The balancer adds to the same front the upstream exchange"
+        "\n(its httptools client), the header rewriting, the trace ids sent on, the metrics"
+        "\nand the 100 traced requests a second; HAProxy does the whole hop in C for a"
+        "\nfraction of that. Tracing every request adds a recorded span, its span-file record"
+        "\nand a log line to each request."
     )
     return 0
 
