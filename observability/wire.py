@@ -68,7 +68,7 @@ from observability.middleware import (
     log_request,
     start_attributes,
 )
-from observability.sampling import unsampled_root_maker, unsampled_span_maker
+from observability.sampling import trace_budget, unsampled_root_maker, unsampled_span_maker
 from observability.tracing import tracer_name
 
 __all__ = [
@@ -609,6 +609,7 @@ class WireFront:
         self.tracer = provider.get_tracer(tracer_name)
         self.unsampled = unsampled_span_maker(provider)
         self._unsampled_root = unsampled_root_maker(provider)
+        self._budget = trace_budget(provider.sampler)
         self._addresses = HostAddresses()
         self._names: dict[str, str] = {}
         self._root = Context()
@@ -747,13 +748,10 @@ class WireFront:
         made current: the answer makes no calls)."""
         method = request.method
         status = answer[0]
+        budget = self._budget
         span = None
-        if request.traceparent is not None or self._unsampled_root is None:
-            span = self._span(request, method)
-        else:
-            root = self._unsampled_root()
-            if root is None:  # the budget has credit: a new trace
-                span = self._span(request, method)
+        if request.traceparent is not None or budget is None or budget.would_sample():
+            span = self._span(request, method)  # maybe recorded; else the decision is all
         reply.respond(*answer)
         elapsed = time.perf_counter() - started
         route = self.lane.route
