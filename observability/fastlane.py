@@ -18,6 +18,9 @@ Two kinds:
              balancer proxies this way.
 
 Below the sampler's rate (the experiments' loads) no request takes the lane: each is traced.
+A component that also has a wire lane (``observability.wire``: the balancer and the PoPs)
+serves most requests there, below aiohttp altogether; this lane serves the connections the
+wire lane hands to aiohttp.
 ``load.bench_edge`` measures what the lane buys a saturated PoP and balancer.
 
 It is installed on the listener's ``web.Server`` (its ``request_handler``, which aiohttp calls

@@ -27,8 +27,13 @@ Failure handling:
 - a failure after the answer started: the client connection is closed (a truncated body is the
   only honest signal left).
 
-Client disconnects cancel the handler (``handler_cancellation``), which closes the upstream
-connection (it cannot be reused mid-answer); a failed write while streaming does the same.
+Client disconnects cancel the handler (``handler_cancellation`` on aiohttp's path; the wire
+lane does the same), which closes the upstream connection (it cannot be reused mid-answer); a
+failed write while streaming does the same.
+
+Two entry points share the forwarding loop (``_forward``): ``handle`` for a request aiohttp's
+server read (any body, streamed when large) and ``handle_wire`` for one the wire lane read
+(``observability.wire``: bodies up to ``buffer_bytes``, answers written as bytes).
 
 ``relay_response``, ``stream_rest`` and ``problem`` also serve the CDN PoP, whose origin side
 uses aiohttp's client.
@@ -315,7 +320,7 @@ class _Out(Protocol[_T_co]):
     def problem(self, status: int, code: str, message: str) -> _T_co: ...
 
     def whole(self, conn: UpstreamConnection, status: int, no_body: bool) -> _T_co:
-        """An answer whose body (if any) the client has read whole."""
+        """An answer read whole from the instance (its body, if any, in hand)."""
 
     async def stream(self, conn: UpstreamConnection, status: int, no_body: bool) -> _T_co:
         """A large or unknown-length answer, relayed chunk by chunk (never whole in memory)."""
