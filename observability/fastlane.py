@@ -50,7 +50,7 @@ from observability.middleware import (
     QUIET_ROUTES,
     STANDARD_METHODS,
     error_answer,
-    log_request,
+    record_request,
 )
 from observability.sampling import trace_budget, unsampled_span_maker
 
@@ -145,9 +145,8 @@ def install_fast_lane(server: web.Server, app: web.Application) -> bool:
             raise
         finally:
             elapsed = time.perf_counter() - started
-            metrics.observe(method, route, status, elapsed)
-            if status >= 500:
-                log_request(request.path, span, method, route, status, elapsed, None)
+            # An unsampled span: its line is written for a failure (5xx) only.
+            record_request(metrics, request, span, method, route, status, elapsed, None, None)
             context_api.detach(token)
             in_flight.leave()
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
@@ -54,11 +54,13 @@ if TYPE_CHECKING:
 __all__ = [
     "QUIET_ROUTES",
     "STANDARD_METHODS",
+    "HasPath",
     "HostAddresses",
     "end_span_attributes",
     "error_answer",
     "log_request",
     "make_telemetry_middleware",
+    "record_request",
     "request_fault",
     "start_attributes",
 ]
@@ -320,14 +322,38 @@ async def _observe(
     finally:
         elapsed = time.perf_counter() - started
         fault = request.get(FAULT_KEY)
-        if span is not None:
-            end_span_attributes(span, status, fault, error_type)
-        metrics.observe(method, route, status, elapsed)
-        log_request(request.path, span, method, route, status, elapsed, fault)
+        record_request(metrics, request, span, method, route, status, elapsed, fault, error_type)
+
+
+class HasPath(Protocol):
+    """A request as the canonical line reads it: aiohttp's, or the wire lane's."""
+
+    @property
+    def path(self) -> str: ...
+
+
+def record_request(
+    metrics: HttpMetrics,
+    request: HasPath,
+    span: Span | None,
+    method: str,
+    route: str,
+    status: int,
+    elapsed: float,
+    fault: str | None,
+    error_type: str | None,
+) -> None:
+    """What every way of serving a request records once it is answered (this middleware,
+    the fast lane, the wire lane): the span's end attributes, the RED metrics, the canonical
+    line."""
+    if span is not None:
+        end_span_attributes(span, status, fault, error_type)
+    metrics.observe(method, route, status, elapsed)
+    log_request(request, span, method, route, status, elapsed, fault)
 
 
 def log_request(
-    path: str,
+    request: HasPath,
     span: Span | None,
     method: str,
     route: str,
@@ -341,14 +367,15 @@ def log_request(
     Written for every traced request, and for every failed (5xx) or fault-injected one traced
     or not: the lines follow the trace sampler, so at the experiments' loads every request
     has its line, and a saturated process does not spend more on logging as its load grows
-    (the RED metrics count every request). Quiet routes log at debug level.
+    (the RED metrics count every request). Quiet routes log at debug level. The request's
+    path is read only for a line that is written.
     """
     if span is not None and status < 500 and fault is None and not span.is_recording():
         return
     fields: dict[str, object] = {
         "method": method,
         "route": route,
-        "path": path,
+        "path": request.path,
         "status": status,
         "duration_ms": round(elapsed * 1000.0, 3),
     }

@@ -64,8 +64,7 @@ from observability.middleware import (
     QUIET_ROUTES,
     STANDARD_METHODS,
     HostAddresses,
-    end_span_attributes,
-    log_request,
+    record_request,
     start_attributes,
 )
 from observability.sampling import trace_budget, unsampled_root_maker, unsampled_span_maker
@@ -722,20 +721,15 @@ class WireFront:
                 _internal_error(reply, request.trace_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = self.lane.route
-            self.metrics.observe(method, route, status, elapsed)
-            if span is None:
-                if status >= 500:  # the canonical line of a failure, with its trace's ids
-                    assert root is not None
-                    trace_id, span_id, flags = root
-                    logged = NonRecordingSpan(
-                        SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags)
-                    )
-                    log_request(request.path, logged, method, route, status, elapsed, None)
-            else:
-                end_span_attributes(span, status, None, error_type)
-                if status >= 500 or span.is_recording():  # log_request's rule
-                    log_request(request.path, span, method, route, status, elapsed, None)
+            recorded = span
+            if recorded is None and status >= 500:  # a failure's line, with its trace's ids
+                assert root is not None
+                trace_id, span_id, flags = root
+                recorded = NonRecordingSpan(
+                    SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags)
+                )
+            self._record(request, recorded, method, status, elapsed, error_type)
+            if span is not None:
                 if token is not None:
                     context_api.detach(token)
                 span.end()
@@ -750,17 +744,34 @@ class WireFront:
         status = answer[0]
         budget = self._budget
         span = None
-        if request.traceparent is not None or budget is None or budget.would_sample():
-            span = self._span(request, method)  # maybe recorded; else the decision is all
+        traced = request.traceparent is not None or budget is None or budget.would_sample()
+        if traced or status >= 500:  # a span, maybe recorded; a failure's line has its ids
+            span = self._span(request, method)
         reply.respond(*answer)
         elapsed = time.perf_counter() - started
-        route = self.lane.route
-        self.metrics.observe(method, route, status, elapsed)
+        error_type = str(status) if status >= 500 else None
+        self._record(request, span, method, status, elapsed, error_type)
         if span is not None:
-            end_span_attributes(span, status, None, str(status) if status >= 500 else None)
-            if status >= 500 or span.is_recording():  # log_request's rule
-                log_request(request.path, span, method, route, status, elapsed, None)
             span.end()
+
+    def _record(
+        self,
+        request: WireRequest,
+        span: Span | None,
+        method: str,
+        status: int,
+        elapsed: float,
+        error_type: str | None,
+    ) -> None:
+        """As the middleware records a request; an untraced success only in the metrics
+        (``span`` None: no span, no line)."""
+        if span is None:
+            self.metrics.observe(method, self.lane.route, status, elapsed)
+        else:
+            route = self.lane.route
+            record_request(
+                self.metrics, request, span, method, route, status, elapsed, None, error_type
+            )
 
     def forget(self, conn: WireProtocol) -> None:
         """``conn`` closed or went to aiohttp."""
