@@ -71,6 +71,7 @@ from observability.sampling import trace_budget, unsampled_root_maker, unsampled
 from observability.tracing import tracer_name
 
 __all__ = [
+    "SERVER_LINE",
     "WIRE_LANE_KEY",
     "Reply",
     "WireAnswer",
@@ -78,6 +79,7 @@ __all__ = [
     "WireLane",
     "WireRequest",
     "WireSite",
+    "date_line",
     "self_made_head",
 ]
 
@@ -577,13 +579,19 @@ class WireProtocol(asyncio.Protocol):
             self._transport.close()
 
 
+SERVER_LINE: Final = b"Server: %s\r\n" % SERVER_SOFTWARE.encode("ascii")
+"""The ``Server`` field aiohttp adds to an answer that has none."""
+
+
+def date_line() -> bytes:
+    """The ``Date`` field aiohttp adds to an answer that has none (its clock, cached per
+    second)."""
+    return b"Date: %s\r\n" % rfc822_formatted_time().encode("ascii")
+
+
 def self_made_head(content_type: bytes) -> bytes:
     """The head lines of an answer this process makes itself (not relayed), as aiohttp's."""
-    return b"Content-Type: %s\r\nDate: %s\r\nServer: %s\r\n" % (
-        content_type,
-        rfc822_formatted_time().encode("ascii"),
-        SERVER_SOFTWARE.encode("ascii"),
-    )
+    return b"Content-Type: %s\r\n%s%s" % (content_type, date_line(), SERVER_LINE)
 
 
 def _internal_error(reply: Reply, trace_id: str | None) -> None:

@@ -27,8 +27,6 @@ from http import HTTPStatus
 
 import aiohttp
 from aiohttp import web
-from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -54,7 +52,7 @@ from edge.cdn.policy import (
 )
 from edge.cdn.store import CacheStore, Entry
 from observability.logs import get_logger
-from observability.wire import WireAnswer, WireRequest
+from observability.wire import SERVER_LINE, WireAnswer, WireRequest, date_line
 
 _UNSAFE = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 # Request fields the PoP drops when it fetches for the cache (it asks for the full answer).
@@ -626,7 +624,6 @@ def fresh_hit(store: CacheStore, metrics: CdnMetrics, request: web.Request) -> w
 _WIRE_BYPASS = frozenset(
     {b"cache-control", b"pragma", b"range", b"if-none-match", b"if-modified-since"}
 )
-_SERVER_LINE = b"Server: %s\r\n" % SERVER_SOFTWARE.encode("ascii")
 
 
 def wire_hit(store: CacheStore, metrics: CdnMetrics, request: WireRequest) -> WireAnswer | None:
@@ -659,9 +656,9 @@ def wire_hit(store: CacheStore, metrics: CdnMetrics, request: WireRequest) -> Wi
     if body and "content-type" not in present:
         lines.append(b"Content-Type: application/octet-stream\r\n")
     if "date" not in present:
-        lines.append(b"Date: %s\r\n" % rfc822_formatted_time().encode("ascii"))
+        lines.append(date_line())
     if "server" not in present:
-        lines.append(_SERVER_LINE)
+        lines.append(SERVER_LINE)
     metrics.results["hit"].inc()
     metrics.from_cache.inc(len(body))
     return status, _REASONS[status], b"".join(lines), body
