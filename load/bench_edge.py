@@ -115,8 +115,8 @@ def serve_backend(port: int) -> None:
 
 
 async def _core_app(kind: str, target: str) -> web.Application:
-    """The balancer's or PoP's request path on a plain app, without the shared telemetry
-    middleware, so the benchmark can show what the proxy logic itself costs."""
+    """The balancer's or PoP's request code on a plain app served by aiohttp's server (no
+    wire lane, no telemetry middleware): the "aiohttp server, no telemetry" profile."""
     from prometheus_client import CollectorRegistry
 
     from mesh.discovery import StaticDiscovery
