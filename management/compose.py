@@ -75,10 +75,10 @@ __all__ = [
 IMAGES: Mapping[str, str] = {
     "python": "python:3.11-slim",
     "toxiproxy": "ghcr.io/shopify/toxiproxy:2.12.0",
-    # scripts/setup.sh builds Jaeger v1.76.0 for the embedded stack; Jaeger tags every release
-    # twice (v1.76.0 / v2.13.0, one commit) and the `jaegertracing/jaeger` image is the v2 line
-    # (the v1 images are all-in-one and friends), so 2.13.0 is the same Jaeger as embedded.
-    "jaeger": "jaegertracing/jaeger:2.13.0",
+    # scripts/setup.sh builds Jaeger v1.75.0 for the embedded stack; Jaeger tags every release
+    # twice (v1.75.0 / v2.12.0, one commit) and the `jaegertracing/jaeger` image is the v2 line
+    # (the v1 images are all-in-one and friends), so 2.12.0 is the same Jaeger as embedded.
+    "jaeger": "jaegertracing/jaeger:2.12.0",
     # The last 2.x release: the same major version as Debian's prometheus/promtool (2.42) that
     # runs the embedded stack and validates the generated prometheus.yml in the tests.
     "prometheus": "prom/prometheus:v2.55.1",

@@ -13,7 +13,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 TOXIPROXY_VERSION="v2.12.0"
-JAEGER_VERSION="v1.76.0"
+JAEGER_VERSION="v1.75.0"
 TOOLS="$ROOT/tools"
 BIN="$TOOLS/bin"
 
