@@ -17,6 +17,7 @@ from rich.console import Console
 from chaos.faults.processes import SupervisorControl
 from chaos.live import LiveView
 from chaos.loader import load_experiment, parse_experiment
+from chaos.lock import StackLock
 from chaos.model import Experiment
 from chaos.rollback import rollback_leftovers
 from chaos.runner import Runner, RunResult, slug
@@ -71,19 +72,21 @@ async def run_on_stack(
         info.run_dir / "chaos" / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(experiment.title)}"
     )
     view = LiveView(console or Console()) if live else None
-    runner = Runner(
-        experiment,
-        info,
-        processes=SupervisorControl(stack.supervisor),
-        out_dir=out,
-        source=source,
-        on_update=view.update if view is not None else None,
-    )
-    with view if view is not None else contextlib.nullcontext():
-        return await runner.run()
+    with StackLock(info.run_dir, experiment.title):
+        runner = Runner(
+            experiment,
+            info,
+            processes=SupervisorControl(stack.supervisor),
+            out_dir=out,
+            source=source,
+            on_update=view.update if view is not None else None,
+        )
+        with view if view is not None else contextlib.nullcontext():
+            return await runner.run()
 
 
 async def rollback_stack(run_dir: Path | None = None) -> list[str]:
     stack = open_stack(run_dir)
     info = await from_management(stack)
-    return await rollback_leftovers(info, SupervisorControl(stack.supervisor))
+    with StackLock(info.run_dir, "testbed chaos rollback"):
+        return await rollback_leftovers(info, SupervisorControl(stack.supervisor))

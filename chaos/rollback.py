@@ -1,11 +1,12 @@
 """Undo what a crashed or killed runner left behind, from its journals and the stack itself.
 
-First every fault a journal in ``<run>/chaos/*/journal.json`` still shows as applying, applied
-or failed to roll back is rebuilt from its record and rolled back (the journal is updated).
-Then a sweep puts the stack back to a clean state whatever the journals say: every toxic the
-engine names (``chaos.*``) is removed and every disabled proxy enabled, every stopped (frozen)
-process continued, every supervised instance that is not running started, and every in-service
-fault switched off.
+First the load of every run that never finished is stopped (a runner killed with -9 leaves its
+Locust driving load until its end). Then every fault a journal in
+``<run>/chaos/*/journal.json`` still shows as applying, applied or failed to roll back is
+rebuilt from its record and rolled back (the journal is updated). Then a sweep puts the stack
+back to a clean state whatever the journals say: every toxic the engine names (``chaos.*``) is
+removed and every disabled proxy enabled, every stopped (frozen) process continued, every
+supervised instance that is not running started, and every in-service fault switched off.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import signal
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -22,6 +24,7 @@ from chaos.faults.network import TOXIC_PREFIX
 from chaos.faults.processes import ProcessControl
 from chaos.faults.toxiproxy import ToxiproxyClient, ToxiproxyError
 from chaos.journal import FaultStatus, Verdict, read_journal
+from chaos.lock import stop_orphaned_load
 from chaos.stack import StackInfo
 
 __all__ = ["rollback_leftovers"]
@@ -39,6 +42,16 @@ def _frozen(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] == "T"
 
 
+def _stop_load(data: dict[str, Any], path: Path) -> list[str]:
+    """Stop the Locust an unfinished run started, if it still drives load."""
+    actions: list[str] = []
+    for event in data.get("events", []):
+        pid = event.get("pid") if event.get("kind") == "load_started" else None
+        if isinstance(pid, int) and stop_orphaned_load(pid):
+            actions.append(f"stopped the load (Locust pid {pid}) of {path.parent.name}")
+    return actions
+
+
 async def rollback_leftovers(
     stack: StackInfo, processes: ProcessControl, *, sweep: bool = True
 ) -> list[str]:
@@ -52,6 +65,8 @@ async def rollback_leftovers(
                 journal = await asyncio.to_thread(read_journal, path)
             except (OSError, ValueError):
                 continue
+            if journal.data.get("verdict") is None:
+                actions += await asyncio.to_thread(_stop_load, journal.data, path)
             pending = journal.pending_faults()
             for entry in pending:
                 fault = fault_from_record(entry, ctx)

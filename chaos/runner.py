@@ -417,7 +417,11 @@ class Runner:
         await self.load.start()
         assert self._pctx is not None
         self._pctx.locust = self.load.stats
-        self.journal.event("load_started", command=" ".join(locust_command(plan)))
+        self.journal.event(
+            "load_started",
+            command=" ".join(locust_command(plan)),
+            pid=self.load.proc.pid if self.load.proc is not None else None,
+        )
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but fail early if the load died (its log tail says why)."""
