@@ -21,6 +21,9 @@ gateway replicas for static discovery):
 ``BALANCER_IDLE_TIMEOUT``        seconds an unused keep-alive connection stays open (default 30;
                                  keep it below the instances' own keep-alive timeout)
 ``BALANCER_RETRIES``             extra attempts on another instance when safe (default 2)
+``BALANCER_RETRY_KEYED``         ``1`` (default): a POST/PATCH carrying an ``Idempotency-Key`` is
+                                 as safe to send twice as a GET (the gateway deduplicates it);
+                                 ``0``: never repeat a written non-idempotent request
 ``BALANCER_OUTLIER_FAILURES``    consecutive failures that eject an instance (default 3)
 ``BALANCER_EJECTION_SECONDS``    base ejection time (default 5)
 ``BALANCER_BUFFER_BYTES``        bodies up to this size are read whole (fast path, and a
@@ -59,6 +62,7 @@ class BalancerConfig:
     pool_per_host: int = 128
     idle_timeout: float = 30.0
     retries: int = 2
+    retry_keyed: bool = True
     outlier_failures: int = 3
     ejection_seconds: float = 5.0
     buffer_bytes: int = 65_536
@@ -93,6 +97,8 @@ class BalancerConfig:
             pool_per_host=env_int(e, "BALANCER_POOL_PER_HOST", 128, minimum=1),
             idle_timeout=env_float(e, "BALANCER_IDLE_TIMEOUT", 30.0, minimum=0.01),
             retries=env_int(e, "BALANCER_RETRIES", 2, minimum=0),
+            retry_keyed=(e.get("BALANCER_RETRY_KEYED") or "1").strip().lower()
+            not in ("0", "false", "no", "off"),
             outlier_failures=env_int(e, "BALANCER_OUTLIER_FAILURES", 3, minimum=1),
             ejection_seconds=env_float(e, "BALANCER_EJECTION_SECONDS", 5.0, minimum=0.01),
             buffer_bytes=env_int(e, "BALANCER_BUFFER_BYTES", 65_536, minimum=0),

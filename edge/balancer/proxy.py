@@ -18,10 +18,13 @@ Failure handling:
   connection, if it is idempotent with a replayable body, or if not a byte of it was written.
   A non-idempotent request (POST, PATCH) that was written is not repeated: the instance might
   have acted on it before closing, so the client gets a 502, as for any reset (the rule of
-  Go's ``net/http`` Transport). Idle connections close after ``idle_timeout``, below the
-  instances' own keep-alive timeout, so the race stays rare.
+  Go's ``net/http`` Transport) — unless it carries an ``Idempotency-Key``: the service answers
+  a repeat with the first outcome, so it is as safe as a GET (``BALANCER_RETRY_KEYED``). Idle
+  connections close after ``idle_timeout``, below the instances' own keep-alive timeout, so
+  the race stays rare.
 - connection reset, or an answer that is not HTTP, before the answer's headers: retried on
-  another instance only for idempotent methods with a replayable body; otherwise 502.
+  another instance only for idempotent (or keyed) requests with a replayable body; otherwise
+  502. A draining instance closing a connection a checkout is on costs no failed checkout.
 - no answer within ``read_timeout`` (or the exchange beyond ``total_timeout``): 504, not retried
   (it would only multiply the wait).
 - a failure after the answer started: the client connection is closed (a truncated body is the
@@ -74,6 +77,9 @@ from observability.errors import error_body
 from observability.logs import get_logger
 from observability.wire import Reply, WireRequest, self_made_head
 
+IDEMPOTENCY_KEY = "Idempotency-Key"
+"""A request carrying it is deduplicated by the service (IETF draft-ietf-httpapi-idempotency-key):
+repeating it is as safe as repeating a GET."""
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 # Methods whose requests carry content by definition: an empty one says so (Content-Length: 0).
 _CONTENT_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -132,6 +138,7 @@ class Proxy:
         self._consistent = config.policy == "consistent_hash"
         self._buffer_bytes = config.buffer_bytes
         self._attempts = 1 + config.retries
+        self._retry_keyed = config.retry_keyed
         # Only least_request reads the balancer's in-flight counts: skip them otherwise.
         self._in_flight = config.policy == "least_request"
         self._stats: dict[str, InstanceMetrics] = {}
@@ -210,7 +217,12 @@ class Proxy:
         """Send the request to an instance (another one on a failure that allows it) and
         give the answer, or the failure, to ``out``."""
         method_b = _METHODS.get(method) or method.encode("ascii")
-        safe = stream is None and method in IDEMPOTENT_METHODS  # may be sent twice
+        # May be sent twice: an idempotent method, or a request whose Idempotency-Key makes
+        # the service answer a repeat with the first outcome (the checkout's).
+        safe = stream is None and (
+            method in IDEMPOTENT_METHODS
+            or (self._retry_keyed and IDEMPOTENCY_KEY in request.headers)
+        )
         no_body = method == "HEAD"
         key = self._hash_key(request) if self._consistent else None
         pool = self.pool

@@ -278,6 +278,40 @@ def test_keep_alive_race_not_retried_for_post(run: Run) -> None:
     run(scenario())
 
 
+def test_keep_alive_race_retried_for_a_keyed_post(run: Run) -> None:
+    """A draining instance closing the connection a checkout is on costs no checkout."""
+
+    async def scenario() -> None:
+        async with raw_upstreams(_race(ok())) as [up], proxy_client([up.address]) as (client, _):
+            key = {"Idempotency-Key": "k-1"}
+            async with client.post("/order", data=b"1", headers=key) as resp:
+                assert resp.status == 200
+            async with client.post("/order", data=b"2", headers=key) as resp:
+                # The service answers a repeat of a key with the first outcome: sent again.
+                assert resp.status == 200
+            assert [r.body for r in up.proxied()] == [b"1", b"2", b"2"]
+
+    run(scenario())
+
+
+def test_reset_before_the_answer_retried_elsewhere_for_a_keyed_post(run: Run) -> None:
+    async def scenario() -> None:
+        broken = _close(b"HTTP/1.1 200 OK\r\nContent-Le")
+        async with (
+            raw_upstreams(broken, ok(b"fine")) as [bad, good],
+            proxy_client([bad.address, good.address], health_interval=30) as (client, _),
+        ):
+            for n in range(2):  # round robin: one of the two lands on the broken one first
+                headers = {"Idempotency-Key": f"k-{n}"}
+                async with client.post("/", data=b"x", headers=headers) as resp:
+                    assert resp.status == 200
+                    assert await resp.read() == b"fine"
+            posts = [r for r in bad.proxied() if r.method == "POST"]
+            assert len(posts) == 1  # the broken one saw one of them, the good one both
+
+    run(scenario())
+
+
 def test_unsent_request_on_a_closing_connection_is_marked_unsent(run: Run) -> None:
     async def scenario() -> None:
         async with raw_upstreams(ok()) as [up]:
