@@ -10,6 +10,7 @@ and another connection must be able to take the write lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import sys
 import threading
@@ -22,6 +23,7 @@ import aiosqlite
 import pytest
 
 from services.common.db import Database, DatabaseUnavailable, DbSettings
+from services.common.write_watch import WriteWatch
 
 MIGRATIONS = [
     """
@@ -105,6 +107,17 @@ def stall_on(prefix: str, seconds: float) -> tuple[Callable[[str], None], thread
             time.sleep(seconds)
 
     return callback, started
+
+
+async def eventually(condition: Callable[[], bool], within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    for _ in range(int(within / 0.05) + 1):
+        if condition():
+            return
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not true within {within} s")
 
 
 def no_trace(sql: str) -> None:
@@ -286,3 +299,43 @@ async def test_schema_newer_than_the_code_is_a_clear_error(tmp_path: Path) -> No
     await db.close()
     with pytest.raises(DatabaseUnavailable, match="newer than this code"):
         await Database.open(path, MIGRATIONS)
+
+
+async def test_write_watch_reports_a_held_lock_then_gives_up(tmp_path: Path) -> None:
+    settings = DbSettings(busy_timeout=0.2, probe_interval=0.1, stall_after=0.5, exit_after=1.5)
+    db = await Database.open(tmp_path / "w.sqlite3", MIGRATIONS, settings=settings)
+    wedged: list[str] = []
+    watch = WriteWatch(db, on_wedged=wedged.append)
+    task = asyncio.create_task(watch.run())
+    try:
+        await asyncio.sleep(0.3)
+        assert watch.problem() is None
+        async with lock_held_by_another_process(db.path):
+            await eventually(lambda: watch.problem() is not None)
+            problem = watch.problem()
+            assert problem is not None
+            assert str(db.path) in problem
+            assert "locked" in problem or "waiting" in problem
+            await asyncio.wait_for(task, 20)  # returns once it called on_wedged
+        assert len(wedged) == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await db.close()
+
+
+async def test_write_watch_recovers_when_the_lock_is_released(tmp_path: Path) -> None:
+    settings = DbSettings(busy_timeout=0.2, probe_interval=0.1, stall_after=0.5, exit_after=60)
+    db = await Database.open(tmp_path / "r.sqlite3", MIGRATIONS, settings=settings)
+    watch = WriteWatch(db, on_wedged=lambda reason: None)
+    task = asyncio.create_task(watch.run())
+    try:
+        async with lock_held_by_another_process(db.path):
+            await eventually(lambda: watch.problem() is not None)
+        await eventually(lambda: watch.problem() is None)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await db.close()
