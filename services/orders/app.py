@@ -10,8 +10,8 @@ from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
-from management.discovery import discovery_for
 from mesh.discovery import Discovery
+from mesh.registry_discovery import discovery_for
 from observability.app import READINESS_KEY, REGISTRY_KEY, create_base_app
 from services.common.consistency import Consistency
 from services.common.crash import CrashSwitch

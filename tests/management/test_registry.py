@@ -9,12 +9,12 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from management.discovery import RegistryDiscovery
-from management.registration import Registration
 from management.registry import RegistryConfig, create_app
 from management.registry.store import Draining, RegistryStore, UnknownInstance
-from management.registry_client import Drained, NotRegistered, RegistryClient
 from mesh.process import ProcessConfig
+from mesh.registration import Registration
+from mesh.registry_client import Drained, NotRegistered, RegistryClient
+from mesh.registry_discovery import RegistryDiscovery
 from tests.support.processes import Spawner
 
 

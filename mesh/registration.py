@@ -2,7 +2,7 @@
 
 How a process hooks it in (it does nothing unless ``TESTBED_REGISTRY_URL`` is set)::
 
-    from management.registration import install_registration
+    from mesh.registration import install_registration
     install_registration(app, config.process)      # before the app starts
 
 That adds a cleanup context that, once the process answers 200 on its own ``/readyz``,
@@ -25,13 +25,13 @@ from collections.abc import AsyncIterator, Callable, Mapping
 import aiohttp
 from aiohttp import web
 
-from management.registry_client import (
+from mesh.process import ProcessConfig
+from mesh.registry_client import (
     Drained,
     NotRegistered,
     RegistryClient,
     RegistryError,
 )
-from mesh.process import ProcessConfig
 from observability.keys import DRAIN_HOOKS_KEY
 from observability.logs import get_logger
 
