@@ -339,3 +339,38 @@ async def test_write_watch_recovers_when_the_lock_is_released(tmp_path: Path) ->
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await db.close()
+
+
+async def test_a_connection_found_inside_a_transaction_is_brought_back(db: Database) -> None:
+    """The issue's symptom: something left the writer inside a transaction (here a BEGIN sent
+    around ``Database``); the next block rolls it back instead of failing for ever."""
+    conn = await writer_of(db)
+    await conn.execute("BEGIN IMMEDIATE")
+    await conn.execute("INSERT INTO item (name) VALUES ('stray')")
+    assert conn.in_transaction
+    async with db.transaction() as c:
+        await c.execute("INSERT INTO item (name) VALUES ('next')")
+    assert names(db.path) == ["next"]
+    await assert_clean(db, conn)
+
+
+async def test_write_watch_sees_a_write_path_hung_in_this_process(tmp_path: Path) -> None:
+    settings = DbSettings(busy_timeout=0.2, probe_interval=0.1, stall_after=0.4, exit_after=1.0)
+    db = await Database.open(tmp_path / "h.sqlite3", MIGRATIONS, settings=settings)
+    conn = await writer_of(db)
+    callback, started = stall_on("BEGIN", 2.0)  # aiosqlite's thread stuck in one statement
+    wedged: list[str] = []
+    watch = WriteWatch(db, on_wedged=wedged.append)
+    await conn.set_trace_callback(callback)
+    task = asyncio.create_task(watch.run())
+    try:
+        await asyncio.wait_for(task, 20)  # returns once it called on_wedged, probe still hung
+        assert started.is_set()
+        assert len(wedged) == 1
+        assert "waiting for the write lock" in wedged[0]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await conn.set_trace_callback(no_trace)
+        await db.close()
