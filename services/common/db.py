@@ -129,6 +129,15 @@ async def _settle(aw: Awaitable[T]) -> T:
         raise
 
 
+def _inside(conn: aiosqlite.Connection) -> bool:
+    """Whether ``conn`` is inside a transaction; a connection that cannot say counts as inside
+    (it will be replaced)."""
+    try:
+        return bool(conn.in_transaction)
+    except (ValueError, sqlite3.Error):
+        return True
+
+
 async def _execute(conn: aiosqlite.Connection, sql: str) -> None:
     cursor = await conn.execute(sql)
     await cursor.close()
@@ -148,7 +157,7 @@ class _Slot:
     async def get(self) -> aiosqlite.Connection:
         if self.conn is None:
             self.conn = await _connect(self.path, self.busy_timeout)
-        elif self.conn.in_transaction:  # never expected: _end leaves none behind
+        elif _inside(self.conn):  # never expected: _end leaves none behind
             _log.error("database_left_in_transaction", path=str(self.path), role=self.role)
             await self._end()
             if self.conn is None:
@@ -174,11 +183,11 @@ class _Slot:
         if conn is None:
             return
         try:
-            if conn.in_transaction:
+            if _inside(conn):
                 await _execute(conn, "ROLLBACK")
         except Exception as exc:  # re-checked below: SQLite may have rolled back by itself
             _log.warning("database_rollback_failed", path=str(self.path), error=str(exc))
-        if conn.in_transaction:
+        if _inside(conn):
             _log.error("database_connection_replaced", path=str(self.path), role=self.role)
             self.conn = None
             try:

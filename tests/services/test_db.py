@@ -374,3 +374,15 @@ async def test_write_watch_sees_a_write_path_hung_in_this_process(tmp_path: Path
             await task
         await conn.set_trace_callback(no_trace)
         await db.close()
+
+
+async def test_a_writer_that_cannot_roll_back_is_replaced(db: Database) -> None:
+    """A connection that cannot answer (closed under ``Database``'s feet: ROLLBACK fails too)
+    is closed and replaced by a fresh one, instead of failing every write after it."""
+    conn = await writer_of(db)
+    await conn.close()
+    async with db.transaction() as fresh:
+        await fresh.execute("INSERT INTO item (name) VALUES ('fresh')")
+    assert fresh is not conn
+    await assert_clean(db, fresh)
+    assert "fresh" in names(db.path)
