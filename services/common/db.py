@@ -40,7 +40,7 @@ from typing import TypeVar
 
 import aiosqlite
 
-from mesh.errors import TestbedError
+from mesh.errors import ConfigError, TestbedError
 from mesh.process import env_float
 from observability.logs import get_logger
 
@@ -70,6 +70,13 @@ class DbSettings:
     probe_interval: float = 1.0
     stall_after: float = 3.0
     exit_after: float = 25.0
+
+    def __post_init__(self) -> None:
+        if self.exit_after <= self.stall_after:
+            raise ConfigError(
+                f"TESTBED_DB_WEDGED_EXIT_S={self.exit_after:g} must be above "
+                f"TESTBED_DB_STALL_S={self.stall_after:g} (report not ready first, exit later)"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DbSettings:

@@ -22,6 +22,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
+from mesh.errors import ConfigError
 from services.common.db import Database, DatabaseUnavailable, DbSettings
 from services.common.write_watch import WriteWatch
 
@@ -386,3 +387,18 @@ async def test_a_writer_that_cannot_roll_back_is_replaced(db: Database) -> None:
     assert fresh is not conn
     await assert_clean(db, fresh)
     assert "fresh" in names(db.path)
+
+
+def test_settings_from_the_environment() -> None:
+    settings = DbSettings.from_env(
+        {
+            "TESTBED_DB_BUSY_TIMEOUT_MS": "250",
+            "TESTBED_DB_STALL_S": "2",
+            "TESTBED_DB_WEDGED_EXIT_S": "9",
+        }
+    )
+    assert (settings.busy_timeout, settings.stall_after, settings.exit_after) == (0.25, 2, 9)
+    with pytest.raises(ConfigError, match="TESTBED_DB_WEDGED_EXIT_S"):
+        DbSettings.from_env({"TESTBED_DB_STALL_S": "30"})
+    with pytest.raises(ConfigError, match="TESTBED_DB_BUSY_TIMEOUT_MS"):
+        DbSettings.from_env({"TESTBED_DB_BUSY_TIMEOUT_MS": "soon"})
