@@ -32,7 +32,7 @@ import asyncio
 import random
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,6 +225,7 @@ class Database:
         self._reader = _Slot(path, reader, self.settings.busy_timeout, "reader")
         self.last_write_ok = time.monotonic()
         self.last_write_error = ""
+        self._close_hooks: list[Callable[[], Awaitable[None]]] = []
 
     @classmethod
     async def open(
@@ -281,7 +282,14 @@ class Database:
             raise
         return cls(path, writer, reader, settings)
 
+    def on_close(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` first when the database closes (a watch of it stops, say)."""
+        self._close_hooks.append(hook)
+
     async def close(self) -> None:
+        for hook in reversed(self._close_hooks):
+            await hook()
+        self._close_hooks.clear()
         await self._writer.close()
         await self._reader.close()
 
