@@ -1,10 +1,11 @@
 """Time to detect and time to recover, per fault, from the alerts that fired during a run.
 
 For each applied fault of the journal: the *relevant* alerts are those about what the fault
-touched — an alert whose ``service`` label is a service it acted on (for a link alert, the
-callee), whose ``instance`` is one of its instances (or a link's calling instance), or whose
-``link`` is its link. Among them, the first one that started firing after the fault was
-planned and no later than ``GRACE_S`` after it was rolled back is its *detection*:
+touched — an alert whose ``instance`` is one of its instances (or a link's calling instance),
+whose ``link`` is its link, or whose ``service`` label is a service it acted on (for a link
+alert, the callee) and that names no other instance. Among them, the first one that started
+firing after the fault was planned and no later than ``GRACE_S`` after it was rolled back is
+its *detection*:
 
 - **time to detect** = that alert's fired time - the fault's ``applied_at`` (0 when the alert
   fired while the fault was being applied: a kill can be seen before ``apply`` returns);
@@ -69,12 +70,13 @@ class FaultScope:
         return cls(frozenset(services), frozenset(instances), frozenset(links))
 
     def covers(self, firing: AlertFiring) -> bool:
+        """Whether ``firing`` is about this fault. An alert about one instance must name one
+        the fault touched (``InstanceDown`` of orders-2 does not detect a kill of orders-1)."""
         labels = firing.labels
-        return (
-            labels.get("service") in self.services
-            or labels.get("instance") in self.instances
-            or labels.get("link") in self.links
-        )
+        instance = labels.get("instance")
+        if instance in self.instances or labels.get("link") in self.links:
+            return True
+        return labels.get("service") in self.services and not (instance and self.instances)
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,9 @@ def test_the_first_relevant_alert_after_the_fault_detects_it() -> None:
     firings = [
         # Already firing before the fault: not a detection.
         _firing("InstanceCpuSaturated", 90.0, 103.0, service="orders", instance="orders-1"),
-        # Another service's alert: not relevant.
+        # Another service's alert, another instance of the same service: not relevant.
         _firing("ServiceLatencyBudgetBurn", 100.9, 104.0, service="catalog"),
+        _firing("InstanceDown", 101.0, 102.0, service="orders", instance="orders-1"),
         _firing("InstanceRestarted", 103.0, 115.0, service="orders", instance="orders-2"),
         _firing("InstanceDown", 101.6, 102.6, service="orders", instance="orders-2"),
     ]
