@@ -66,6 +66,18 @@ class AlertFiring:
     def active_at(self, t: float) -> bool:
         return self.fired_at <= t and (self.resolved_at is None or t < self.resolved_at)
 
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> AlertFiring:
+        """The inverse of ``to_data`` (e.g. a journal's ``detection.alerts``, read after the
+        stack and its Prometheus are gone)."""
+        resolved = data.get("resolved_at")
+        return cls(
+            name=str(data["name"]),
+            labels={str(k): str(v) for k, v in (data.get("labels") or {}).items()},
+            fired_at=float(data["fired_at"]),
+            resolved_at=None if resolved is None else float(resolved),
+        )
+
     def to_data(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -37,6 +37,7 @@ def test_firings_are_sorted_by_time_and_empty_series_are_skipped() -> None:
         "fired_at": 40.0,
         "resolved_at": 41.0,
     }
+    assert [AlertFiring.from_data(f.to_data()) for f in firings] == firings
 
 
 def test_an_unreachable_prometheus_is_a_clear_error() -> None:
