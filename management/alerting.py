@@ -9,7 +9,8 @@ What a team would write for this system, one rule group per component and per li
   burning stops). Two SLIs: the error ratio (5xx answers; for an RPC link, calls that ended in
   a server-side code) and the latency ratio (answers slower than a threshold, read from a
   histogram bucket, so the threshold is a bucket bound).
-- **Instances**: down (the scrape fails: killed, frozen, unreachable), not ready (``/readyz``
+- **Instances**: down (the scrape fails: killed, frozen, unreachable; held while a third of
+  all targets fail at once, which says the host is overloaded), not ready (``/readyz``
   fails, from the ``process_ready`` gauge), restarted (``process_start_time_seconds`` changed).
 - **Saturation**: requests in flight, CPU, a link's circuit breaker open, its bulkhead refusing
   calls, an upstream instance ejected by outlier detection.
@@ -247,7 +248,7 @@ def _component_group(name: str, kind: str, policy: AlertPolicy) -> dict[str, Any
     alerts += [
         {
             "alert": "InstanceDown",
-            "expr": f"up{sel} == 0",
+            "expr": f"up{sel} == 0 unless on () {_SCRAPES_FAILING}",
             "labels": {**labels, "severity": "page"},
             "annotations": {
                 "summary": f"{name}: {{{{ $labels.instance }}}} does not answer its scrape",
@@ -370,10 +371,33 @@ def _link_group(
     return {"name": f"testbed-link-{source}-{target}", "rules": rules + alerts}
 
 
+_SCRAPES_FAILING = '(count(up{job!="prometheus"} == 0) > 0.3 * count(up{job!="prometheus"}))'
+"""A third of every target failing its scrape at once: the machine (or Prometheus) is the
+problem, not each instance. ``InstanceDown`` stays quiet then and this fires instead."""
+
+
+def _monitoring_group() -> dict[str, Any]:
+    return {
+        "name": "testbed-monitoring",
+        "rules": [
+            {
+                "alert": "ScrapesFailingEverywhere",
+                "expr": _SCRAPES_FAILING,
+                "labels": {"service": "prometheus", "severity": "page"},
+                "annotations": {
+                    "summary": "{{ $value }} targets fail their scrape at once",
+                    "description": "the host or Prometheus is overloaded: InstanceDown is held",
+                },
+            }
+        ],
+    }
+
+
 def alert_rules(topology: Topology, policy: AlertPolicy | None = None) -> dict[str, Any]:
-    """The rules file's data: one group per component, one per RPC link (caller -> callee)."""
+    """The rules file's data: one group per component, one per RPC link (caller -> callee),
+    and one watching the monitoring itself."""
     policy = policy or AlertPolicy()
-    groups = [
+    groups = [_monitoring_group()] + [
         _component_group(name, comp.kind, policy) for name, comp in topology.components.items()
     ]
     for link in topology.links:

@@ -94,6 +94,9 @@ def test_a_failing_rule_test_is_reported(tmp_path: Path) -> None:
         "  - interval: 1s\n"
         "    input_series:\n"
         "      - {series: 'up{job=\"orders\",instance=\"orders-1\"}', values: '1x9 0x5'}\n"
+        "      - {series: 'up{job=\"orders\",instance=\"orders-2\"}', values: '1x14'}\n"
+        "      - {series: 'up{job=\"catalog\",instance=\"catalog-1\"}', values: '1x14'}\n"
+        "      - {series: 'up{job=\"catalog\",instance=\"catalog-2\"}', values: '1x14'}\n"
         "    alert_rule_test:\n"
         "      - {eval_time: 12s, alertname: InstanceDown, exp_alerts: []}\n"
     )
