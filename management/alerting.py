@@ -40,9 +40,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client import Histogram
 
 from management.topology import Topology
 from mesh.errors import ConfigError
+from observability.metrics import DURATION_BUCKETS
 
 __all__ = [
     "AlertPolicy",
@@ -53,25 +55,10 @@ __all__ = [
     "write_rules",
 ]
 
-SERVER_BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
-"""``http_server_request_duration_seconds``' bounds (``observability.metrics.DURATION_BUCKETS``)."""
-CLIENT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
-"""``rpc_client_duration_seconds``' bounds (prometheus-client's default histogram buckets)."""
+SERVER_BUCKETS = DURATION_BUCKETS
+"""``http_server_request_duration_seconds``' bounds."""
+CLIENT_BUCKETS = tuple(b for b in Histogram.DEFAULT_BUCKETS if b != float("inf"))
+"""``rpc_client_duration_seconds``' bounds (``mesh.client`` keeps prometheus-client's default)."""
 NOT_SLO_ROUTES = "/healthz|/readyz|/metrics"
 """Routes no user calls (probes and scrapes): outside every SLO."""
 SERVER_ERROR_CODES = "unknown|deadline_exceeded|resource_exhausted|internal|unavailable|data_loss"
