@@ -311,6 +311,7 @@ class Stack:
         if self.plan.registry_url:
             rows.append(("registry", self.plan.registry_url))
         rows.append(("Prometheus", self.prometheus_url))
+        rows.append(("alerts", self.prometheus_url + "/alerts"))
         rows.append(("Toxiproxy API", self.toxiproxy_url))
         if self.jaeger_url:
             rows.append(("Jaeger", self.jaeger_url))

@@ -31,6 +31,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import (
     CollectorRegistry,
+    Gauge,
     GCCollector,
     PlatformCollector,
     ProcessCollector,
@@ -125,7 +126,13 @@ def create_base_app(
     app[REGISTRY_KEY] = registry
     app[TRACER_PROVIDER_KEY] = provider
     app[FAULTS_KEY] = faults
-    app[READINESS_KEY] = Readiness()
+    readiness = app[READINESS_KEY] = Readiness()
+    # What /readyz answers, for the InstanceNotReady alert (management.alerting).
+    Gauge(
+        "process_ready",
+        "1 while the process wants traffic (/readyz answers 200).",
+        registry=registry,
+    ).set_function(lambda: 1.0 if readiness.ready else 0.0)
     app[IN_FLIGHT_KEY] = in_flight
     app[HTTP_METRICS_KEY] = metrics
     app[DRAIN_HOOKS_KEY] = []
