@@ -155,8 +155,13 @@ def build_plan(
     run_dir: Path,
     jaeger: bool = False,
     extra_env: Mapping[str, str] | None = None,
+    admin_token: str | None = None,
 ) -> Plan:
-    """Derive the processes, proxies and ports of ``topology`` at ``base_port``."""
+    """Derive the processes, proxies and ports of ``topology`` at ``base_port``.
+
+    ``admin_token`` (``TESTBED_ADMIN_TOKEN`` of every process) is the run's secret; without
+    one the processes keep their default, which they accept on loopback only.
+    """
     top = base_port + port_span(len(topology.components)) - 1
     if base_port < 1024 or top > 65535:
         raise ConfigError(
@@ -212,6 +217,8 @@ def build_plan(
                 "TESTBED_DRAIN_SECONDS": f"{topology.defaults.drain_seconds:g}",
                 "PYTHONUNBUFFERED": "1",
             }
+            if admin_token is not None:
+                env["TESTBED_ADMIN_TOKEN"] = admin_token
             if static:
                 env["TESTBED_UPSTREAMS"] = static
             per_try = topology.per_try_timeouts_of(name)

@@ -167,8 +167,12 @@ def run(
     """Serve ``main_app`` (and the admin API) until SIGTERM/SIGINT, then shut down gracefully.
 
     Without ``admin_app`` the default one (``create_admin_app``) is served when
-    ``process.admin_port`` is set.
+    ``process.admin_port`` is set. A process whose admin API would listen beyond loopback
+    with the default admin token exits at once with one line naming the fix.
     """
+    exposed = process.admin_exposure()
+    if exposed is not None:  # one clear line, exit 1: no stack trace, nothing served
+        raise SystemExit(f"{process.instance_id}: refusing to start: {exposed}")
     configure_logging(process, cache_loggers=True)
     # Process-wide default for code that does not get the provider passed in (libraries);
     # everything of ours takes it from the app.
