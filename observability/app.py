@@ -36,10 +36,11 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from edge.front.fastlane import install_fast_lane
+from edge.front.wire import WIRE_LANE_KEY, WireSite
 from management.registration import install_registration
 from mesh.process import ProcessConfig
 from observability.admin import add_fault_routes, make_admin_middleware
-from observability.fastlane import install_fast_lane
 from observability.faults import FaultController
 from observability.health import InFlight, Readiness, healthz, readyz
 from observability.keys import (
@@ -58,7 +59,6 @@ from observability.metrics import HttpMetrics, metrics_handler
 from observability.middleware import make_telemetry_middleware
 from observability.sampling import unsampled_span_maker
 from observability.tracing import build_tracer_provider, tracer_name
-from observability.wire import WIRE_LANE_KEY, WireSite
 
 __all__ = [
     "CONFIG_KEY",
@@ -217,11 +217,11 @@ async def _listening(
     )
     await runner.setup()
     assert runner.server is not None
-    if install_fast_lane(runner.server, app):  # when it has one (observability.fastlane)
+    if install_fast_lane(runner.server, app):  # when it has one (edge.front.fastlane)
         _log.info("fast_lane_on", port=port)
     lane = app.get(WIRE_LANE_KEY)
     site: web.BaseSite
-    if lane is not None:  # its connections start on the wire lane (observability.wire)
+    if lane is not None:  # its connections start on the wire lane (edge.front.wire)
         site = WireSite(runner, host, port, lane, drain_seconds)
         _log.info("wire_lane_on", port=port)
     else:

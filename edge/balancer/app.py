@@ -4,7 +4,7 @@
 pool, the keep-alive ``UpstreamClient`` (the balancer's own HTTP/1.1 client, opened and closed
 in a ``cleanup_ctx``), the health checker task (on an aiohttp ``ClientSession``: a few requests
 a second need no special client) and the metrics. ``/healthz``, ``/readyz`` and ``/metrics``
-are the balancer's own; every other path is proxied, on the wire lane (``observability.wire``)
+are the balancer's own; every other path is proxied, on the wire lane (``edge.front.wire``)
 for connections that start there, else through aiohttp.
 """
 
@@ -25,10 +25,10 @@ from edge.balancer.metrics import BalancerMetrics
 from edge.balancer.pool import UpstreamPool
 from edge.balancer.proxy import Proxy
 from edge.balancer.upstream import UpstreamClient
+from edge.front.fastlane import FAST_LANE_KEY, FastLane
+from edge.front.wire import WIRE_LANE_KEY, Reply, WireLane, WireRequest
 from mesh.discovery import Discovery, StaticDiscovery
 from observability.app import REGISTRY_KEY, create_base_app
-from observability.fastlane import FAST_LANE_KEY, FastLane
-from observability.wire import WIRE_LANE_KEY, Reply, WireLane, WireRequest
 
 POOL_KEY = web.AppKey("balancer_pool", UpstreamPool)
 PROXY_KEY = web.AppKey("balancer_proxy", Proxy)
@@ -97,8 +97,8 @@ def create_app(
     resource = add_proxy_route(app, handle)
     # Connections start on the wire lane, which proxies below aiohttp's server; what it does
     # not serve (the balancer's own routes, faults, unusual framing) aiohttp serves, where
-    # requests that will not be traced skip the router and middlewares (observability.wire,
-    # observability.fastlane).
+    # requests that will not be traced skip the router and middlewares (edge.front.wire,
+    # edge.front.fastlane).
     app[WIRE_LANE_KEY] = WireLane(resource.canonical, handle_wire, config.buffer_bytes)
     app[FAST_LANE_KEY] = FastLane(resource.canonical, handler=handle)
     return app

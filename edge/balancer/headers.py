@@ -12,7 +12,7 @@ Two forms of the same rules:
   proxy that talks to its upstream through aiohttp's client (the CDN PoP);
 - ``RequestHeadWriter`` / ``ResponseHeaderFilter`` work on the raw ``(name, value)`` byte
   pairs the parsers give, for the balancer's own HTTP/1.1 client (``edge.balancer.upstream``)
-  and its wire lane (``observability.wire``): no multidict is built for the request it
+  and its wire lane (``edge.front.wire``): no multidict is built for the request it
   forwards, and the answer's fields are copied as bytes (or decoded once, for aiohttp).
 
 Both give the same result: ``X-Forwarded-For`` gets the client's address appended to every

@@ -33,7 +33,7 @@ failed write while streaming does the same.
 
 Two entry points share the forwarding loop (``_forward``): ``handle`` for a request aiohttp's
 server read (any body, streamed when large) and ``handle_wire`` for one the wire lane read
-(``observability.wire``: bodies up to ``buffer_bytes``, answers written as bytes).
+(``edge.front.wire``: bodies up to ``buffer_bytes``, answers written as bytes).
 
 ``relay_response``, ``stream_rest`` and ``problem`` also serve the CDN PoP, whose origin side
 uses aiohttp's client.
@@ -69,10 +69,10 @@ from edge.balancer.upstream import (
     UpstreamReset,
     UpstreamTimeout,
 )
+from edge.front.wire import Reply, WireRequest, self_made_head
 from mesh.discovery import Instance
 from observability.errors import error_body
 from observability.logs import get_logger
-from observability.wire import Reply, WireRequest, self_made_head
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 # Methods whose requests carry content by definition: an empty one says so (Content-Length: 0).
@@ -183,7 +183,7 @@ class Proxy:
         )
 
     async def handle_wire(self, request: WireRequest, reply: Reply) -> None:
-        """Proxy a request the wire lane read (``observability.wire``): its body, if any, is
+        """Proxy a request the wire lane read (``edge.front.wire``): its body, if any, is
         in hand (at most ``buffer_bytes``)."""
         method = request.method
         lines = self._head.lines(request, request.propagate)  # the front's trace context

@@ -6,7 +6,7 @@ testbed's 2-core machine (uvloop, 16 requests in flight to one bare aiohttp back
 512 B answers, CPU of the calling process, syscalls included): ``ClientSession.request`` +
 ``ClientResponse.read`` cost ~66 us per request (URL and header objects, cookie and redirect
 machinery, a payload writer, a ``StreamReader`` and timers per answer), this client ~16 us,
-which saturates that backend (31k req/s against aiohttp's 15k). In ``load.bench_edge``'s
+which saturates that backend (31k req/s against aiohttp's 15k). In ``edge.bench``'s
 ``lb-core`` set-up the balancer went from ~160 us to ~60 us of CPU per proxied request. It is
 one asyncio ``Protocol`` per connection, the request head written as bytes in one call, the
 answer parsed by ``httptools`` (llhttp, the parser of Node.js and uvicorn) into a list of raw

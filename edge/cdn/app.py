@@ -3,7 +3,7 @@
 Everything hangs off the app: the byte-bounded store, the origin ``ClientSession`` (opened and
 closed in a ``cleanup_ctx``), the ``EdgeCache`` handler and the metrics. ``/healthz``,
 ``/readyz`` and ``/metrics`` are the PoP's own; every other path goes through the cache (fresh
-hits of plain GETs on the wire lane, ``observability.wire``).
+hits of plain GETs on the wire lane, ``edge.front.wire``).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from edge.cdn.cache import EdgeCache, fresh_hit, wire_hit
 from edge.cdn.config import CdnConfig
 from edge.cdn.metrics import CdnMetrics
 from edge.cdn.store import CacheStore
+from edge.front.fastlane import FAST_LANE_KEY, FastLane
+from edge.front.wire import WIRE_LANE_KEY, WireLane
 from observability.app import create_admin_app, create_base_app, new_registry
-from observability.fastlane import FAST_LANE_KEY, FastLane
-from observability.wire import WIRE_LANE_KEY, WireLane
 
 STORE_KEY = web.AppKey("cdn_store", CacheStore)
 CACHE_KEY = web.AppKey("cdn_cache", EdgeCache)
@@ -80,7 +80,7 @@ def create_app(
     # Connections start on the wire lane, which answers fresh hits of plain GETs below
     # aiohttp's server; at the first request it does not answer, the connection goes to
     # aiohttp, where fresh hits of requests that will not be traced are still answered
-    # before routing (observability.wire, observability.fastlane).
+    # before routing (edge.front.wire, edge.front.fastlane).
     route = everything.canonical
     app[WIRE_LANE_KEY] = WireLane(route, answer=partial(wire_hit, store, metrics))
     app[FAST_LANE_KEY] = FastLane(route, answer=partial(fresh_hit, store, metrics))

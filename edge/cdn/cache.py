@@ -51,8 +51,8 @@ from edge.cdn.policy import (
     vary_fields,
 )
 from edge.cdn.store import CacheStore, Entry
+from edge.front.wire import SERVER_LINE, WireAnswer, WireRequest, date_line
 from observability.logs import get_logger
-from observability.wire import SERVER_LINE, WireAnswer, WireRequest, date_line
 
 _UNSAFE = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 # Request fields the PoP drops when it fetches for the cache (it asks for the full answer).
@@ -603,7 +603,7 @@ def _fresh(
 def fresh_hit(store: CacheStore, metrics: CdnMetrics, request: web.Request) -> web.Response | None:
     """The answer to a plain GET/HEAD whose stored response is fresh (``HIT``), or None.
 
-    The PoP's fast answer (``observability.fastlane.FastLane``): a request with
+    The PoP's fast answer (``edge.front.fastlane.FastLane``): a request with
     ``Cache-Control``, ``Pragma`` or ``Range`` takes the full path (``EdgeCache.handle``), as
     does anything that is not a fresh hit; a fresh hit is answered exactly as ``handle`` would.
     """
@@ -627,7 +627,7 @@ _WIRE_BYPASS = frozenset(
 
 
 def wire_hit(store: CacheStore, metrics: CdnMetrics, request: WireRequest) -> WireAnswer | None:
-    """A fresh hit for a plain GET as the wire lane sends it (``observability.wire``), or None
+    """A fresh hit for a plain GET as the wire lane sends it (``edge.front.wire``), or None
     (the request then goes to aiohttp, where ``fresh_hit`` or ``EdgeCache.handle`` serve it).
 
     The same answer ``cached_answer`` gives through aiohttp, as bytes: the stored fields, then

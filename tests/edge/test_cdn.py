@@ -18,10 +18,10 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
 from edge.cdn import CdnConfig, create_admin, create_app
+from edge.front.fastlane import install_fast_lane
+from edge.front.wire import WIRE_LANE_KEY, WireSite
 from mesh.process import ProcessConfig
-from observability.fastlane import install_fast_lane
 from observability.sampling import ParentBasedRateLimiting
-from observability.wire import WIRE_LANE_KEY, WireSite
 from tests.edge.support_proxy import Upstream
 from tests.support.processes import free_port
 
@@ -293,7 +293,7 @@ async def test_the_fast_lane_answers_fresh_hits_as_the_full_path_does(
     aiohttp_client: ClientFactory, origin: Upstream
 ) -> None:
     """With no credit for new traces, fresh hits skip routing and the span machinery
-    (``observability.fastlane``); their answers must not differ from the full path's."""
+    (``edge.front.fastlane``); their answers must not differ from the full path's."""
     process = ProcessConfig(service="cdn-us", instance_id="pop-us", admin_token=TOKEN)
     registry = CollectorRegistry()
     provider = TracerProvider(sampler=ParentBasedRateLimiting(0))
@@ -339,7 +339,7 @@ async def test_the_fast_lane_answers_fresh_hits_as_the_full_path_does(
 async def test_the_wire_lane_answers_fresh_hits_as_aiohttp_does(
     aiohttp_client: ClientFactory, origin: Upstream
 ) -> None:
-    """On the wire lane (``observability.wire``) a fresh hit of a plain GET is answered below
+    """On the wire lane (``edge.front.wire``) a fresh hit of a plain GET is answered below
     aiohttp's server: the same answer as aiohttp's path gives, counted and traced the same;
     what the lane does not answer (a miss, a conditional request) aiohttp serves."""
     path = "/cached/w?cc=max-age=60&etag=1"

@@ -15,9 +15,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from prometheus_client import CollectorRegistry
 from structlog.testing import LogCapture
 
+from edge.front.fastlane import FAST_LANE_KEY, FastLane, install_fast_lane
 from mesh.process import ProcessConfig
 from observability.app import FAULTS_KEY, IN_FLIGHT_KEY, create_base_app
-from observability.fastlane import FAST_LANE_KEY, FastLane, install_fast_lane
 from observability.faults import ErrorFault
 from observability.sampling import ParentBasedRateLimiting
 

@@ -1,6 +1,6 @@
 """Benchmark of the edge's Python hops, measured side by side in one run.
 
-``python -m load.bench_edge [--duration 5] [--connections 32] [--runs 1]`` prints:
+``python -m edge.bench [--duration 5] [--connections 32] [--runs 1]`` prints:
 
 1. balancer throughput vs HAProxy, same two backends, both single-threaded
    (goal: >= 0.6x HAProxy's requests/s);
@@ -17,7 +17,7 @@ The balancer and the PoP are measured in three configurations, each printed with
 settings:
 
 ``testbed default`` (the headline): the processes exactly as ``testbed up`` runs them. Their
-connections start on the wire lane (``observability.wire``): the balancer proxies and the PoP
+connections start on the wire lane (``edge.front.wire``): the balancer proxies and the PoP
 answers fresh hits below aiohttp's server. RED metrics for every request; up to 100 new traces
 a second per process (``parentbased_ratelimiting``), each with its span in the span file and
 its canonical log line; the requests beyond that (nearly all of them at saturation) are not
@@ -38,7 +38,7 @@ Each hop is measured right after its reference (HAProxy before the balancer, the
 before the PoP), since the machine's load drifts. ``--runs N`` repeats the whole set N times
 and prints the median of each figure.
 
-Also usable as ``python -m load.bench_edge backend PORT`` / ``lb-core PORT TARGETS`` /
+Also usable as ``python -m edge.bench backend PORT`` / ``lb-core PORT TARGETS`` /
 ``pop-core PORT ORIGIN``: the helper processes this benchmark starts.
 """
 
@@ -498,7 +498,7 @@ def one_run(py: str, conns: int, duration: float, have_haproxy: bool) -> dict[st
         run_dir = Path(tmp)
         backends = [free_port(), free_port()]
         backend_procs = [
-            procs.start([py, "-m", "load.bench_edge", "backend", str(port)]) for port in backends
+            procs.start([py, "-m", "edge.bench", "backend", str(port)]) for port in backends
         ]
         for port in backends:
             wait_http(f"http://127.0.0.1:{port}/readyz")
@@ -548,10 +548,10 @@ def one_run(py: str, conns: int, duration: float, have_haproxy: bool) -> dict[st
             results[label] = figures(direct1, hops)
 
         lb_core, pop_core = free_port(), free_port()
-        core_lb = procs.start([py, "-m", "load.bench_edge", "lb-core", str(lb_core), upstreams])
+        core_lb = procs.start([py, "-m", "edge.bench", "lb-core", str(lb_core), upstreams])
         wait_http(f"http://127.0.0.1:{lb_core}{PATH}")
         origin = f"http://127.0.0.1:{lb_core}"
-        core_pop = procs.start([py, "-m", "load.bench_edge", "pop-core", str(pop_core), origin])
+        core_pop = procs.start([py, "-m", "edge.bench", "pop-core", str(pop_core), origin])
         wait_http(f"http://127.0.0.1:{pop_core}{PATH}")
         hops = measure_hops(core_lb, lb_core, core_pop, pop_core, conns, duration, refs)
         procs.stop(core_pop)
@@ -566,7 +566,7 @@ def one_run(py: str, conns: int, duration: float, have_haproxy: bool) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m load.bench_edge", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m edge.bench", description=__doc__)
     parser.add_argument(
         "mode", nargs="?", default="bench", choices=("bench", "backend", "lb-core", "pop-core")
     )

@@ -1,4 +1,4 @@
-"""The wire lane (``observability.wire``) end to end, over loopback sockets in this process.
+"""The wire lane (``edge.front.wire``) end to end, over loopback sockets in this process.
 
 Each test serves an app on a ``WireSite`` and talks to it with plain asyncio streams, so the
 bytes on the wire (pipelining, split writes, HTTP/1.0, ``Connection: close``) are the test's
@@ -31,11 +31,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import LogCapture
 
+from edge.front.wire import WIRE_LANE_KEY, Reply, WireLane, WireRequest, WireSite
 from mesh.process import ProcessConfig
 from observability.app import FAULTS_KEY, IN_FLIGHT_KEY, create_base_app
 from observability.faults import ErrorFault
 from observability.sampling import ParentBasedRateLimiting
-from observability.wire import WIRE_LANE_KEY, Reply, WireLane, WireRequest, WireSite
 from tests.support.processes import free_port
 
 ROUTE = "/{tail}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from load.bench_edge import Figures, Hops, WrkResult, cpu_seconds, figures, median_figures
+from edge.bench import Figures, Hops, WrkResult, cpu_seconds, figures, median_figures
 
 
 def result(rps: float, p50: float = 1.0, p99: float = 2.0) -> WrkResult:

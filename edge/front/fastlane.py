@@ -18,10 +18,10 @@ Two kinds:
              balancer proxies this way.
 
 Below the sampler's rate (the experiments' loads) no request takes the lane: each is traced.
-A component that also has a wire lane (``observability.wire``: the balancer and the PoPs)
+A component that also has a wire lane (``edge.front.wire``: the balancer and the PoPs)
 serves most requests there, below aiohttp altogether; this lane serves the connections the
 wire lane hands to aiohttp.
-``load.bench_edge`` measures what the lane buys a saturated PoP and balancer.
+``edge.bench`` measures what the lane buys a saturated PoP and balancer.
 
 It is installed on the listener's ``web.Server`` (its ``request_handler``, which aiohttp calls
 for every request before the app's router) by ``observability.app.run``; tests install it on
@@ -57,7 +57,7 @@ from observability.sampling import trace_budget, unsampled_span_maker
 __all__ = ["FAST_LANE_KEY", "FastLane", "install_fast_lane"]
 
 _TRACEPARENT: Final = "traceparent"
-_log = get_logger("observability.fastlane")
+_log = get_logger("edge.front.fastlane")
 
 RequestHandler = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
 

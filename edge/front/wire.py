@@ -99,7 +99,7 @@ _SPECIAL: Final = {
 }
 _propagator: Final = TraceContextTextMapPropagator()
 _TRACEPARENT: Final = "00-%032x-%016x-%02x"
-_log = get_logger("observability.wire")
+_log = get_logger("edge.front.wire")
 
 
 class Reply(Protocol):
