@@ -233,6 +233,10 @@ def build_plan(
                 )
             if registry_url and comp.kind != "registry":
                 env["TESTBED_REGISTRY_URL"] = registry_url
+            if comp.kind == "balancer":
+                # Our own hops (the PoPs, through their Toxiproxy proxies) reach it on
+                # loopback: the only peers whose hash header it believes (edge.front.trust).
+                env["BALANCER_TRUSTED_PEERS"] = f"{LOCALHOST}/32"
             if comp.kind == "registry":
                 env["REGISTRY_DEFAULT_TTL"] = f"{topology.defaults.registry_ttl_seconds:g}"
             if jaeger:
@@ -242,6 +246,9 @@ def build_plan(
                 env[CDN_ORIGIN_ENV] = f"http://{LOCALHOST}:{proxy}"
                 (origin,) = upstreams
                 origin_port = slots[origin][0][0]
+                hash_header = topology.components[origin].env.get("BALANCER_HASH_HEADER")
+                if hash_header:  # the PoP sets it (to the client's address), never the client
+                    env["CDN_HASH_HEADER"] = hash_header
                 latency = topology.regions[region]
                 proxies.append(
                     ProxyPlan(

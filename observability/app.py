@@ -94,8 +94,12 @@ def create_base_app(
     *,
     registry: CollectorRegistry | None = None,
     tracer_provider: TracerProvider | None = None,
+    trace_trust: Callable[[str | None], bool] | None = None,
 ) -> web.Application:
     """The base app: telemetry + fault middlewares, ``/healthz``, ``/readyz``, ``/metrics``.
+
+    ``trace_trust``: for an app at a trust boundary, whether a request from this peer address
+    continues the trace it carries (``observability.middleware``); None: every one does.
 
     ``registry`` defaults to a fresh one (``new_registry()``); ``tracer_provider`` defaults to
     one built from ``OTEL_*`` (``build_tracer_provider``), which the app then owns and shuts
@@ -117,6 +121,7 @@ def create_base_app(
                 in_flight,
                 faults=faults,
                 unsampled=unsampled_span_maker(provider),
+                trace_trust=trace_trust,
             ),
         ]
     )

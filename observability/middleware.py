@@ -15,6 +15,11 @@ the semantic conventions say). Health and metrics endpoints are counted in the R
 but get no span and their canonical line is logged at debug level, so a scraping Prometheus
 does not flood traces and logs.
 
+At a trust boundary (the CDN PoPs, ``trace_trust``), a request from a peer that is not
+trusted does not continue the trace it carries: its span starts a new trace, as the sampler's
+budget allows, with the client's context as a span link (``untrusted_parent``), so no client
+can force tracing or plant trace ids.
+
 Spans are recorded as the trace sampler decides (by default every new trace up to 100 a
 second per process, see ``observability.tracing``); the canonical line follows it, and is
 written for every 5xx or fault-injected request whether traced or not. The RED metrics count
@@ -32,12 +37,23 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 from opentelemetry import context as context_api
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, set_span_in_context
+from opentelemetry.context import Context
+from opentelemetry.trace import (
+    Link,
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+    Tracer,
+    get_current_span,
+    set_span_in_context,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 from yarl import URL
@@ -63,6 +79,7 @@ __all__ = [
     "record_request",
     "request_fault",
     "start_attributes",
+    "untrusted_parent",
 ]
 
 QUIET_ROUTES: Final = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -84,6 +101,20 @@ MEMO_SIZE: Final = 1024
 _propagator: Final = TraceContextTextMapPropagator()  # stateless W3C traceparent codec
 _ERROR: Final = Status(StatusCode.ERROR)
 _log = get_logger("observability.http")
+
+
+CLIENT_LINK_ATTRIBUTES: Final = {"testbed.link": "untrusted_client_context"}
+"""On the link from a span to the trace context an untrusted client sent."""
+_ROOT: Final = Context()
+
+
+def untrusted_parent(parent: Context) -> tuple[Context, list[Link] | None]:
+    """What a request from an untrusted client that sent ``parent`` gets instead: no parent
+    (a new trace, under the sampler's budget) and ``parent``'s span context as a link."""
+    client = get_current_span(parent).get_span_context()
+    if not client.is_valid:
+        return _ROOT, None
+    return _ROOT, [Link(client, CLIENT_LINK_ATTRIBUTES)]
 
 
 def request_fault(request: web.Request) -> str | None:
@@ -231,8 +262,12 @@ def make_telemetry_middleware(
     *,
     faults: FaultController | None = None,
     unsampled: UnsampledSpan | None = None,
+    trace_trust: Callable[[str | None], bool] | None = None,
 ) -> Middleware:
     """The outermost middleware of a public app.
+
+    ``trace_trust`` (a trust boundary): whether a request from this peer address continues
+    the trace it carries; one that does not starts a new trace (``untrusted_parent``).
 
     With ``faults``, request faults are applied here too (to every route but the quiet ones),
     so no separate fault middleware is needed; the in-flight gauge of ``metrics`` is bound to
@@ -261,11 +296,15 @@ def make_telemetry_middleware(
             if route in QUIET_ROUTES:
                 return await _observe(request, handler, None, method, route, metrics, None)
             parent = _propagator.extract(request.headers)
+            links: list[Link] | None = None
+            if trace_trust is not None and not trace_trust(request.remote):
+                parent, links = untrusted_parent(parent)
             span = unsampled(parent) if unsampled is not None else None
             if span is None:
                 span = tracer.start_span(
                     span_name(method, route),
                     context=parent,
+                    links=links,
                     kind=SpanKind.SERVER,
                     record_exception=False,
                     set_status_on_exception=False,

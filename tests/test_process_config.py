@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from management.plan import build_plan
-from management.topology import parse_topology
+from management.topology import load_topology, parse_topology
 from mesh.errors import ConfigError
 from mesh.process import ProcessConfig
 from mesh.resilience import profile_for, profile_named
@@ -148,3 +149,20 @@ def test_a_process_exposing_its_admin_api_with_the_default_token_does_not_start(
     assert len(lines) == 1, done.stderr
     assert "refusing to start" in lines[0]
     assert "TESTBED_ADMIN_TOKEN" in lines[0]
+
+
+def test_the_plan_draws_the_trust_boundary_at_the_pops(tmp_path: Path) -> None:
+    data = load_topology(None).to_data()
+    (balancer,) = [n for n, c in data["components"].items() if c["kind"] == "balancer"]
+    data["components"][balancer]["env"] = {"BALANCER_HASH_HEADER": "X-User"}
+    plan = build_plan(
+        parse_topology(yaml.safe_dump(data)), base_port=20000, run_dir=tmp_path, admin_token="t"
+    )
+    (lb,) = plan.of(balancer)
+    assert lb.env["BALANCER_TRUSTED_PEERS"] == "127.0.0.1/32"
+    pops = [i for i in plan.instances if i.kind == "cdn"]
+    assert pops
+    for pop in pops:
+        assert pop.env["CDN_HASH_HEADER"] == "X-User"
+        assert "CDN_TRUSTED_NETWORKS" not in pop.env  # the public entry trusts no client
+    assert {i.env["TESTBED_ADMIN_TOKEN"] for i in plan.instances} == {"t"}

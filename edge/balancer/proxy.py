@@ -82,6 +82,7 @@ _METHODS = {
     m: m.encode("ascii") for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 }
 _CHUNK = 64 * 1024
+_NO_FIELDS: frozenset[bytes] = frozenset()
 _T = TypeVar("_T")
 _T_co = TypeVar("_T_co", covariant=True)
 _propagator = TraceContextTextMapPropagator()  # stateless codec, not a singleton resource
@@ -129,6 +130,14 @@ class Proxy:
         self._head = RequestHeadWriter(self.via)
         self.answer_headers = ResponseHeaderFilter(self.via)
         self._hash_header = config.hash_header
+        # The hash header is believed from our own hops only (the PoPs, which set it): from
+        # anyone else it is dropped, and the key is the peer's address.
+        self._trusted = config.trusted_peers
+        self._hash_strip = (
+            frozenset({config.hash_header.lower().encode("latin-1")})
+            if config.hash_header is not None
+            else frozenset()
+        )
         self._consistent = config.policy == "consistent_hash"
         self._buffer_bytes = config.buffer_bytes
         self._attempts = 1 + config.retries
@@ -144,8 +153,15 @@ class Proxy:
             self.metrics.track_active(instance.id, lambda: client.in_use(address))
         return stats
 
+    def _strip(self, request: _Incoming) -> frozenset[bytes]:
+        """Fields to leave out of the forwarded request: the hash header from a peer that
+        is not one of our own hops."""
+        if not self._hash_strip or request.remote in self._trusted:
+            return _NO_FIELDS
+        return self._hash_strip
+
     def _hash_key(self, request: _Incoming) -> str | None:
-        if self._hash_header is not None:
+        if self._hash_header is not None and request.remote in self._trusted:
             value = request.headers.get(self._hash_header)
             if value is not None:
                 return value
@@ -156,7 +172,7 @@ class Proxy:
         method = request.method
         carrier: dict[str, str] = {}
         _propagator.inject(carrier)  # W3C traceparent of the current span, if any
-        lines = self._head.lines(request, carrier)
+        lines = self._head.lines(request, carrier, self._strip(request))
         body: bytes | None = None
         stream: StreamReader | None = None
         length: int | None = None
@@ -186,7 +202,8 @@ class Proxy:
         """Proxy a request the wire lane read (``edge.front.wire``): its body, if any, is
         in hand (at most ``buffer_bytes``)."""
         method = request.method
-        lines = self._head.lines(request, request.propagate)  # the front's trace context
+        # The front's trace context; the hash header only from our own hops.
+        lines = self._head.lines(request, request.propagate, self._strip(request))
         body = request.body
         if body or method in _CONTENT_METHODS:
             framing = b"Content-Length: %d\r\n" % len(body)

@@ -57,7 +57,15 @@ def create_app(
     registry = registry if registry is not None else new_registry()
     store = CacheStore(max_bytes=config.cache_bytes, max_object_bytes=config.max_object_bytes)
     metrics = CdnMetrics(registry, store)
-    app = create_base_app(config.process, registry=registry, tracer_provider=tracer_provider)
+    # The public entry: clients outside CDN_TRUSTED_NETWORKS start new traces here
+    # (edge.front.trust), on aiohttp's path and the wire lane alike.
+    trace_trust = config.trusted_networks.__contains__
+    app = create_base_app(
+        config.process,
+        registry=registry,
+        tracer_provider=tracer_provider,
+        trace_trust=trace_trust,
+    )
     app[STORE_KEY] = store
     app[METRICS_KEY] = metrics
 
@@ -82,7 +90,9 @@ def create_app(
     # aiohttp, where fresh hits of requests that will not be traced are still answered
     # before routing (edge.front.wire, edge.front.fastlane).
     route = everything.canonical
-    app[WIRE_LANE_KEY] = WireLane(route, answer=partial(wire_hit, store, metrics))
+    app[WIRE_LANE_KEY] = WireLane(
+        route, answer=partial(wire_hit, store, metrics), trace_trust=trace_trust
+    )
     app[FAST_LANE_KEY] = FastLane(route, answer=partial(fresh_hit, store, metrics))
     return app
 

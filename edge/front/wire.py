@@ -48,6 +48,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from opentelemetry import context as context_api
 from opentelemetry.context import Context
 from opentelemetry.trace import (
+    Link,
     NonRecordingSpan,
     Span,
     SpanContext,
@@ -66,6 +67,7 @@ from observability.middleware import (
     HostAddresses,
     record_request,
     start_attributes,
+    untrusted_parent,
 )
 from observability.sampling import trace_budget, unsampled_root_maker, unsampled_span_maker
 from observability.tracing import tracer_name
@@ -143,6 +145,7 @@ class WireLane:
     ``max_body``: request bodies up to this size are read whole and given to the handler;
     larger ones are served by aiohttp (which streams them).
     ``owned``: paths the app's own routes serve (always served by aiohttp).
+    ``trace_trust``: see below (the CDN PoPs, the public entry, set it).
     """
 
     route: str
@@ -151,6 +154,9 @@ class WireLane:
     owned: frozenset[str] = QUIET_ROUTES
     keepalive_timeout: float = 75.0  # aiohttp's default
     answer: WireAnswerer | None = None
+    trace_trust: Callable[[str | None], bool] | None = None
+    """At a trust boundary: whether a request from this peer address continues the trace it
+    carries (else a new trace, the client's context a link, as in the middleware)."""
 
     def __post_init__(self) -> None:
         if (self.answer is None) == (self.handler is None):
@@ -636,13 +642,23 @@ class WireFront:
             conn.close_when_idle()
         self._reaper = None if self.closing else self.loop.call_later(1.0, self._reap)
 
+    def _continues(self, request: WireRequest) -> bool:
+        """Whether the request carries a trace context this process continues."""
+        if request.traceparent is None:
+            return False
+        trust = self.lane.trace_trust
+        return trust is None or trust(request.remote)
+
     def _span(self, request: WireRequest, method: str) -> Span:
         parent = self._root
+        links: list[Link] | None = None
         if request.traceparent is not None:
             carrier = {"traceparent": request.traceparent.decode("latin-1")}
             if request.tracestate is not None:
                 carrier["tracestate"] = request.tracestate.decode("latin-1")
             parent = _propagator.extract(carrier)
+            if not self._continues(request):  # an untrusted client's: a link, not a parent
+                parent, links = untrusted_parent(parent)
         span = self.unsampled(parent) if self.unsampled is not None else None
         if span is not None:
             return span
@@ -653,6 +669,7 @@ class WireFront:
         span = self.tracer.start_span(
             name,
             context=parent,
+            links=links,
             kind=SpanKind.SERVER,
             record_exception=False,
             set_status_on_exception=False,
@@ -681,7 +698,7 @@ class WireFront:
         self.in_flight.enter()
         started = time.perf_counter()
         root = None
-        if request.traceparent is None and self._unsampled_root is not None:
+        if self._unsampled_root is not None and not self._continues(request):
             root = self._unsampled_root()
         span: Span | None = None
         token: Token[Context] | None = None
@@ -752,7 +769,7 @@ class WireFront:
         status = answer[0]
         budget = self._budget
         span = None
-        traced = request.traceparent is not None or budget is None or budget.would_sample()
+        traced = self._continues(request) or budget is None or budget.would_sample()
         if traced or status >= 500:  # a span, maybe recorded; a failure's line has its ids
             span = self._span(request, method)
         reply.respond(*answer)

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from edge.balancer import BalancerConfig, create_app
 from edge.balancer.app import POOL_KEY
 from edge.balancer.headers import upstream_request_headers
+from edge.front.trust import TrustedNetworks
 from mesh.discovery import StaticDiscovery
 from mesh.process import ProcessConfig
 from tests.edge.support_proxy import CHUNK, Upstream
@@ -67,15 +68,21 @@ async def test_least_request_and_consistent_hash_policies(
     aiohttp_client: ClientFactory, upstreams: list[Upstream]
 ) -> None:
     app, _ = _balancer(
-        [u.address for u in upstreams], policy="consistent_hash", hash_header="X-User"
+        [u.address for u in upstreams],
+        policy="consistent_hash",
+        hash_header="X-User",
+        trusted_peers=TrustedNetworks.parse("127.0.0.1/32", "BALANCER_TRUSTED_PEERS"),
     )
     client = await aiohttp_client(app)
-    for user in ("alice", "bob", "carol"):
+    homes = set()
+    for user in ("alice", "bob", "carol", "dave", "erin", "frank"):
         names = set()
         for _ in range(5):
             async with client.get("/echo", headers={"X-User": user}) as resp:
                 names.add((await resp.json())["name"])
         assert len(names) == 1, f"{user} moved between instances: {names}"
+        homes |= names
+    assert len(homes) > 1  # the header, not the (one) client address, is the key
 
     app2, _ = _balancer([u.address for u in upstreams], policy="least_request")
     client2 = await aiohttp_client(app2)
