@@ -41,11 +41,13 @@ from edge.front.wire import WIRE_LANE_KEY, WireSite
 from management.registration import install_registration
 from mesh.process import ProcessConfig
 from observability.admin import add_fault_routes, make_admin_middleware
+from observability.errors import RPC_ERRORS, ErrorShape
 from observability.faults import FaultController
 from observability.health import InFlight, Readiness, healthz, readyz
 from observability.keys import (
     CONFIG_KEY,
     DRAIN_HOOKS_KEY,
+    ERROR_SHAPE_KEY,
     FAULTS_KEY,
     HTTP_METRICS_KEY,
     IN_FLIGHT_KEY,
@@ -63,6 +65,7 @@ from observability.tracing import build_tracer_provider, tracer_name
 __all__ = [
     "CONFIG_KEY",
     "DRAIN_HOOKS_KEY",
+    "ERROR_SHAPE_KEY",
     "FAULTS_KEY",
     "HTTP_METRICS_KEY",
     "IN_FLIGHT_KEY",
@@ -95,11 +98,14 @@ def create_base_app(
     registry: CollectorRegistry | None = None,
     tracer_provider: TracerProvider | None = None,
     trace_trust: Callable[[str | None], bool] | None = None,
+    error_shape: ErrorShape = RPC_ERRORS,
 ) -> web.Application:
     """The base app: telemetry + fault middlewares, ``/healthz``, ``/readyz``, ``/metrics``.
 
     ``trace_trust``: for an app at a trust boundary, whether a request from this peer address
     continues the trace it carries (``observability.middleware``); None: every one does.
+    ``error_shape``: how the kit answers errors itself (middleware, faults, wire lane):
+    ``PROBLEM_ERRORS`` for the edge apps a client talks to, RPC JSON otherwise.
 
     ``registry`` defaults to a fresh one (``new_registry()``); ``tracer_provider`` defaults to
     one built from ``OTEL_*`` (``build_tracer_provider``), which the app then owns and shuts
@@ -109,7 +115,7 @@ def create_base_app(
     owns_provider = tracer_provider is None
     provider = tracer_provider if tracer_provider is not None else build_tracer_provider(process)
     metrics = HttpMetrics.register(registry)
-    faults = FaultController(registry)
+    faults = FaultController(registry, error_shape=error_shape)
     in_flight = InFlight()
     app = web.Application(
         middlewares=[
@@ -122,6 +128,7 @@ def create_base_app(
                 faults=faults,
                 unsampled=unsampled_span_maker(provider),
                 trace_trust=trace_trust,
+                error_shape=error_shape,
             ),
         ]
     )
@@ -132,6 +139,7 @@ def create_base_app(
     app[READINESS_KEY] = Readiness()
     app[IN_FLIGHT_KEY] = in_flight
     app[HTTP_METRICS_KEY] = metrics
+    app[ERROR_SHAPE_KEY] = error_shape
     app[DRAIN_HOOKS_KEY] = []
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

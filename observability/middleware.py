@@ -1,10 +1,10 @@
 """The telemetry middleware: a server span, RED metrics and a canonical log line per request.
 
 It is the outermost middleware of every public app, so what it records is what the client
-saw, injected faults included. It also turns unhandled exceptions into the shared JSON error
-answer (``{"code": "internal", ...}``, never a stack trace to the client; the exception is
-logged with its traceback server-side) and HTTP errors raised by handlers or the router
-(``web.HTTPNotFound`` ...) into the same shape.
+saw, injected faults included. It also turns unhandled exceptions into the app's error answer
+(``{"code": "internal", ...}``, or problem+json at the edge; never a stack trace to the
+client; the exception is logged with its traceback server-side) and HTTP errors raised by
+handlers or the router (``web.HTTPNotFound`` ...) into the same shape.
 
 A request an in-service fault was applied to carries ``testbed.fault`` (the fault kinds, e.g.
 ``latency+error``) on its span and ``fault`` on its log line, so analyses can tell injected
@@ -58,7 +58,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 from yarl import URL
 
-from observability.errors import json_error
+from observability.errors import RPC_ERRORS, ErrorShape
 from observability.health import InFlight
 from observability.logs import get_logger
 from observability.metrics import UNMATCHED, HttpMetrics, route_template
@@ -200,9 +200,9 @@ class HostAddresses:
         return found
 
 
-def _from_http_exception(exc: web.HTTPException) -> web.StreamResponse:
-    """An HTTP error raised by a handler or the router, as the shared JSON error answer."""
-    if exc.status < 400 or exc.content_type == "application/json":
+def _from_http_exception(exc: web.HTTPException, shape: ErrorShape) -> web.StreamResponse:
+    """An HTTP error raised by a handler or the router, as the app's error answer."""
+    if exc.status < 400 or exc.content_type in ("application/json", "application/problem+json"):
         return exc
     headers = {
         k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")
@@ -210,7 +210,7 @@ def _from_http_exception(exc: web.HTTPException) -> web.StreamResponse:
     text = exc.text or ""
     default_text = f"{exc.status}: {exc.reason}"
     message = exc.reason if text in ("", default_text) else text
-    return json_error(exc.status, message, headers=headers)
+    return shape.answer(exc.status, message, headers=headers)
 
 
 def _error_type(exc: BaseException) -> str:
@@ -227,6 +227,7 @@ async def _call(
     span: Span | None,
     faults: FaultController | None = None,
     route: str = UNMATCHED,
+    shape: ErrorShape = RPC_ERRORS,
 ) -> tuple[web.StreamResponse, str | None]:
     """Run the handler (after the request faults, when ``faults`` is given); returns the
     answer and ``error.type`` (None if no error)."""
@@ -237,21 +238,23 @@ async def _call(
         if response is None:
             response = await handler(request)
     except web.HTTPException as exc:
-        response = _from_http_exception(exc)
+        response = _from_http_exception(exc, shape)
         if response is exc and exc.status < 400:
             raise
     except Exception as exc:
         _log.exception("unhandled_exception", path=request.path, error_type=type(exc).__name__)
         if span is not None:
             span.record_exception(exc)
-        return json_error(500, "internal error", code="internal"), _error_type(exc)
+        return shape.answer(500, "internal error", code="internal"), _error_type(exc)
     error_type = str(response.status) if response.status >= 500 else None
     return response, error_type
 
 
-async def error_answer(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Run ``handler``; HTTP errors and unhandled exceptions become the shared JSON answer."""
-    response, _ = await _call(request, handler, None)
+async def error_answer(
+    request: web.Request, handler: Handler, shape: ErrorShape = RPC_ERRORS
+) -> web.StreamResponse:
+    """Run ``handler``; HTTP errors and unhandled exceptions become the app's error answer."""
+    response, _ = await _call(request, handler, None, shape=shape)
     return response
 
 
@@ -263,11 +266,13 @@ def make_telemetry_middleware(
     faults: FaultController | None = None,
     unsampled: UnsampledSpan | None = None,
     trace_trust: Callable[[str | None], bool] | None = None,
+    error_shape: ErrorShape = RPC_ERRORS,
 ) -> Middleware:
     """The outermost middleware of a public app.
 
     ``trace_trust`` (a trust boundary): whether a request from this peer address continues
     the trace it carries; one that does not starts a new trace (``untrusted_parent``).
+    ``error_shape``: the shape of the errors it answers itself (``observability.errors``).
 
     With ``faults``, request faults are applied here too (to every route but the quiet ones),
     so no separate fault middleware is needed; the in-flight gauge of ``metrics`` is bound to
@@ -294,7 +299,9 @@ def make_telemetry_middleware(
         in_flight.enter()
         try:
             if route in QUIET_ROUTES:
-                return await _observe(request, handler, None, method, route, metrics, None)
+                return await _observe(
+                    request, handler, None, method, route, metrics, None, error_shape
+                )
             parent = _propagator.extract(request.headers)
             links: list[Link] | None = None
             if trace_trust is not None and not trace_trust(request.remote):
@@ -324,7 +331,9 @@ def make_telemetry_middleware(
             # What ``start_as_current_span`` does, without its context-manager layers.
             token = context_api.attach(set_span_in_context(span))
             try:
-                return await _observe(request, handler, span, method, route, metrics, faults)
+                return await _observe(
+                    request, handler, span, method, route, metrics, faults, error_shape
+                )
             finally:
                 context_api.detach(token)
                 span.end()
@@ -342,13 +351,14 @@ async def _observe(
     route: str,
     metrics: HttpMetrics,
     faults: FaultController | None,
+    shape: ErrorShape,
 ) -> web.StreamResponse:
     """Handle the request and record it (metrics, span attributes, the canonical line)."""
     status = 500
     error_type: str | None = None
     started = time.perf_counter()
     try:
-        response, error_type = await _call(request, handler, span, faults, route)
+        response, error_type = await _call(request, handler, span, faults, route, shape)
         status = response.status
         return response
     except web.HTTPException as exc:  # a redirect or a 2xx raised: not an error

@@ -42,10 +42,9 @@ uses aiohttp's client.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -71,7 +70,7 @@ from edge.balancer.upstream import (
 )
 from edge.front.wire import Reply, WireRequest, self_made_head
 from mesh.discovery import Instance
-from observability.errors import error_body
+from observability.errors import PROBLEM_ERRORS
 from observability.logs import get_logger
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -89,17 +88,10 @@ _propagator = TraceContextTextMapPropagator()  # stateless codec, not a singleto
 _log = get_logger("edge.balancer.proxy")
 
 
-def problem_body(status: int, code: str, message: str, **extra: object) -> dict[str, Any]:
-    """An error answer's body in the shared shape, as RFC 9457 describes it."""
-    body = error_body(code, message, **extra)
-    body.update({"type": "about:blank", "title": message, "status": status})
-    return body
-
-
-def problem(status: int, code: str, message: str, **extra: object) -> web.Response:
-    """An error answer in the shared shape, as ``application/problem+json`` (RFC 9457)."""
-    body = problem_body(status, code, message, **extra)
-    return web.json_response(body, status=status, content_type="application/problem+json")
+def problem(status: int, code: str, message: str) -> web.Response:
+    """An error answer in the edge's one shape, ``application/problem+json`` (RFC 9457, with
+    the trace id; ``observability.errors``)."""
+    return PROBLEM_ERRORS.answer(status, message, code=code)
 
 
 class _Incoming(Protocol):
@@ -403,10 +395,10 @@ class _ToWire:
         self._trace_id = trace_id
 
     def problem(self, status: int, code: str, message: str) -> None:
-        body = problem_body(status, code, message, trace_id=self._trace_id)
-        head = self_made_head(b"application/problem+json")
+        content_type, body = PROBLEM_ERRORS.encoded(status, message, code, self._trace_id)
+        head = self_made_head(content_type) + b"Cache-Control: no-store\r\n"
         reply = self._reply
-        reply.respond(status, HTTPStatus(status).phrase.encode(), head, json.dumps(body).encode())
+        reply.respond(status, HTTPStatus(status).phrase.encode(), head, body)
 
     def whole(self, conn: UpstreamConnection, status: int, no_body: bool) -> None:
         head = self._filter.lines(conn.headers)

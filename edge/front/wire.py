@@ -13,7 +13,7 @@ with a ``WireFront`` as the protocol factory, and every connection starts on it:
 - the telemetry is what the middleware records for any request: a server span (the sampler
   decides; an unsampled one still propagates the decision), the RED metrics under the lane's
   route, the in-flight count (drain waits for it), the canonical log line; an unhandled error
-  becomes the shared JSON 500, a client that leaves cancels its handler;
+  becomes the app's 500 (problem+json at the edge), a client that leaves cancels its handler;
 - keep-alive and pipelined requests are served in order; an idle connection closes after
   ``keepalive_timeout``; at shutdown idle connections close at once and busy ones after their
   answer.
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import Token
@@ -57,8 +56,14 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from observability.errors import error_body
-from observability.keys import FAULTS_KEY, HTTP_METRICS_KEY, IN_FLIGHT_KEY, TRACER_PROVIDER_KEY
+from observability.errors import RPC_ERRORS, ErrorShape
+from observability.keys import (
+    ERROR_SHAPE_KEY,
+    FAULTS_KEY,
+    HTTP_METRICS_KEY,
+    IN_FLIGHT_KEY,
+    TRACER_PROVIDER_KEY,
+)
 from observability.logs import get_logger
 from observability.middleware import (
     CLIENT_CLOSED,
@@ -600,9 +605,9 @@ def self_made_head(content_type: bytes) -> bytes:
     return b"Content-Type: %s\r\n%s%s" % (content_type, date_line(), SERVER_LINE)
 
 
-def _internal_error(reply: Reply, trace_id: str | None) -> None:
-    body = json.dumps(error_body("internal", "internal error", trace_id=trace_id)).encode()
-    reply.respond(500, b"Internal Server Error", self_made_head(b"application/json"), body)
+def _internal_error(reply: Reply, trace_id: str | None, shape: ErrorShape) -> None:
+    content_type, body = shape.encoded(500, "internal error", "internal", trace_id)
+    reply.respond(500, b"Internal Server Error", self_made_head(content_type), body)
 
 
 class WireFront:
@@ -618,6 +623,7 @@ class WireFront:
         self.metrics = app[HTTP_METRICS_KEY]
         self.faults = app[FAULTS_KEY]
         self.in_flight = app[IN_FLIGHT_KEY]
+        self.error_shape = app.get(ERROR_SHAPE_KEY, RPC_ERRORS)
         provider = app[TRACER_PROVIDER_KEY]
         self.tracer = provider.get_tracer(tracer_name)
         self.unsampled = unsampled_span_maker(provider)
@@ -743,7 +749,7 @@ class WireFront:
             if reply.started:
                 reply.abort()  # a truncated answer is the only signal left
             else:
-                _internal_error(reply, request.trace_id)
+                _internal_error(reply, request.trace_id, self.error_shape)
         finally:
             elapsed = time.perf_counter() - started
             recorded = span

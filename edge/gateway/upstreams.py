@@ -91,6 +91,8 @@ async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
                 await discovery.close()
 
 
+IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+"""``details.reason`` of the orders service's refusal of a key reused for another order."""
 _CLIENT_CODES: dict[Code, tuple[int, str]] = {
     Code.INVALID_ARGUMENT: (400, "invalid-request"),
     Code.OUT_OF_RANGE: (400, "invalid-request"),
@@ -110,6 +112,9 @@ _SYSTEM_CODES: dict[Code, tuple[int, str, str]] = {
 def rpc_problem(error: RpcError, upstream: str, metrics: GatewayMetrics) -> ProblemError:
     """The HTTP problem a client sees when a call to ``upstream`` failed with ``error``."""
     metrics.upstream_errors.labels(upstream=upstream, code=error.code.value).inc()
+    if (error.details or {}).get("reason") == IDEMPOTENCY_KEY_REUSED:
+        # The IETF idempotency-key draft: a key reused with another request is 422.
+        return ProblemError(422, "idempotency-key-reused", error.message)
     if error.code in _CLIENT_CODES:
         status, slug = _CLIENT_CODES[error.code]
         return ProblemError(status, slug, error.message)

@@ -184,7 +184,7 @@ async def test_connect_failure_is_502_problem_json(aiohttp_client: ClientFactory
         assert resp.status == 502
         assert resp.content_type == "application/problem+json"
         body = await resp.json()
-        assert body["code"] == "unavailable"
+        assert body["type"] == "urn:testbed:problem:unavailable"
         assert "trace_id" in body
         assert body["trace_id"]
 
@@ -196,7 +196,7 @@ async def test_upstream_timeout_is_504(
     client = await aiohttp_client(app)
     async with client.get("/slow?s=2") as resp:
         assert resp.status == 504
-        assert (await resp.json())["code"] == "deadline_exceeded"
+        assert (await resp.json())["type"] == "urn:testbed:problem:deadline-exceeded"
 
 
 async def test_connect_failures_retried_on_another_instance(

@@ -189,7 +189,7 @@ async def test_stale_if_error_serves_stale_while_origin_fails_or_is_down(
     async with client.get(plain) as resp:
         assert resp.status == 502
         assert resp.content_type == "application/problem+json"
-        assert (await resp.json())["code"] == "unavailable"
+        assert (await resp.json())["type"] == "urn:testbed:problem:unavailable"
 
 
 async def test_concurrent_misses_collapse_into_one_origin_fetch(
