@@ -38,8 +38,9 @@ _PROBLEM_TEXT = {
     413: "Request body too large.",
     415: "Request body is not JSON.",
     422: (
-        f"{IDEMPOTENCY_HEADER} already used for a different order: send that order again, "
-        "or use a new key."
+        f"Well-formed but not processable: the {IDEMPOTENCY_HEADER} was already used for a "
+        "different order (send that order again, or use a new key), a product is unknown, "
+        "or a product appears on two lines."
     ),
     429: "Over this API key's rate; retry after `Retry-After` seconds.",
     500: "The gateway failed (no detail is given away).",

@@ -33,6 +33,13 @@ class IdempotencyKeyReused(InvalidArgument):
     reason = "idempotency_key_reused"
 
 
+class UnknownProduct(InvalidArgument):
+    """An order naming a product the catalog does not have (the gateway answers 422: the
+    request is well-formed, what it names does not exist)."""
+
+    reason = "unknown_product"
+
+
 class NotFound(DomainError):
     code = "not_found"
 
