@@ -314,6 +314,8 @@ class Stack:
         if self.jaeger_url:
             rows.append(("Jaeger", self.jaeger_url))
         rows.append(("run folder", str(self.run_dir)))
+        if self.admin_token is not None:  # where, never the token itself
+            rows.append(("admin token", f"{self.run_dir / STATE_FILE} (admin_token, 0600)"))
         return rows
 
     # -- waiting --
