@@ -34,6 +34,7 @@ function.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import Counter, defaultdict
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from observability.analysis import Call, Trace, assemble, calls, percentile
-from observability.spans import SpanKind, SpanRecord, load_spans
+from observability.spans import SpanKind, SpanRecord, load_spans, span_files
 
 __all__ = [
     "FaultTruth",
@@ -734,7 +735,7 @@ def headline(results: Sequence[Localization]) -> str:
 def localize_run(run_dir: Path, journal: Mapping[str, Any]) -> dict[str, Any] | None:
     """Read the run folder's span files and localize the journal's faults (blocking I/O)."""
     traces_dir = run_dir / "traces"
-    if not traces_dir.is_dir() or not any(traces_dir.glob("*.jsonl")):
+    if not traces_dir.is_dir() or not span_files(traces_dir):
         return None
     return localize_journal(journal, load_spans(run_dir))
 
@@ -754,7 +755,11 @@ async def wait_for_span_files(
         await asyncio.sleep(min(wait, within_s))
 
     def sizes() -> dict[str, int]:
-        return {p.name: p.stat().st_size for p in traces_dir.glob("*.jsonl")}
+        sizes: dict[str, int] = {}
+        for path in span_files(traces_dir):  # a file rotated meanwhile is just gone
+            with contextlib.suppress(FileNotFoundError):
+                sizes[path.name] = path.stat().st_size
+        return sizes
 
     last = await asyncio.to_thread(sizes)
     quiet_since = time.monotonic()

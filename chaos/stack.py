@@ -14,6 +14,7 @@ from typing import Any
 
 from management.stack import Stack
 from management.supervisor import SupervisorError
+from mesh.process import DEFAULT_ADMIN_TOKEN
 
 __all__ = ["InstanceInfo", "LinkInfo", "StackInfo", "from_management"]
 
@@ -59,7 +60,7 @@ class StackInfo:
     links: tuple[LinkInfo, ...] = ()
     toxiproxy_url: str | None = None
     prometheus_url: str | None = None
-    admin_token: str = "testbed-admin"
+    admin_token: str = DEFAULT_ADMIN_TOKEN
     urls: Mapping[str, str] = field(default_factory=dict)
     """Public addresses: ``balancer``, ``gateway``, ``pop:<region>`` -> base URL."""
     api_key: str | None = None
@@ -146,10 +147,9 @@ async def from_management(stack: Stack) -> StackInfo:
         if inst.kind == "gateway" and api_key is None:
             raw = inst.env.get("GATEWAY_API_KEYS", "demo-key:50:100")
             api_key = raw.split(",")[0].split(":")[0].strip() or None
-    admin_token = next(
-        (i.env["TESTBED_ADMIN_TOKEN"] for i in plan.instances if "TESTBED_ADMIN_TOKEN" in i.env),
-        "testbed-admin",
-    )
+    # The run's own token (``testbed up`` makes one per run); a stack without one runs its
+    # processes on loopback with the default.
+    admin_token = stack.admin_token or DEFAULT_ADMIN_TOKEN
     return StackInfo(
         run_dir=stack.run_dir,
         instances=tuple(instances),

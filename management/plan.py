@@ -155,8 +155,13 @@ def build_plan(
     run_dir: Path,
     jaeger: bool = False,
     extra_env: Mapping[str, str] | None = None,
+    admin_token: str | None = None,
 ) -> Plan:
-    """Derive the processes, proxies and ports of ``topology`` at ``base_port``."""
+    """Derive the processes, proxies and ports of ``topology`` at ``base_port``.
+
+    ``admin_token`` (``TESTBED_ADMIN_TOKEN`` of every process) is the run's secret; without
+    one the processes keep their default, which they accept on loopback only.
+    """
     top = base_port + port_span(len(topology.components)) - 1
     if base_port < 1024 or top > 65535:
         raise ConfigError(
@@ -212,6 +217,8 @@ def build_plan(
                 "TESTBED_DRAIN_SECONDS": f"{topology.defaults.drain_seconds:g}",
                 "PYTHONUNBUFFERED": "1",
             }
+            if admin_token is not None:
+                env["TESTBED_ADMIN_TOKEN"] = admin_token
             if static:
                 env["TESTBED_UPSTREAMS"] = static
             per_try = topology.per_try_timeouts_of(name)
@@ -226,6 +233,10 @@ def build_plan(
                 )
             if registry_url and comp.kind != "registry":
                 env["TESTBED_REGISTRY_URL"] = registry_url
+            if comp.kind == "balancer":
+                # Our own hops (the PoPs, through their Toxiproxy proxies) reach it on
+                # loopback: the only peers whose hash header it believes (edge.front.trust).
+                env["BALANCER_TRUSTED_PEERS"] = f"{LOCALHOST}/32"
             if comp.kind == "registry":
                 env["REGISTRY_DEFAULT_TTL"] = f"{topology.defaults.registry_ttl_seconds:g}"
             if jaeger:
@@ -235,6 +246,9 @@ def build_plan(
                 env[CDN_ORIGIN_ENV] = f"http://{LOCALHOST}:{proxy}"
                 (origin,) = upstreams
                 origin_port = slots[origin][0][0]
+                hash_header = topology.components[origin].env.get("BALANCER_HASH_HEADER")
+                if hash_header:  # the PoP sets it (to the client's address), never the client
+                    env["CDN_HASH_HEADER"] = hash_header
                 latency = topology.regions[region]
                 proxies.append(
                     ProxyPlan(

@@ -18,10 +18,11 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -143,11 +144,26 @@ def _read_state(run_dir: Path) -> dict[str, Any]:
     return data
 
 
-def _write_state(run_dir: Path, state: dict[str, Any]) -> None:
-    path = run_dir / STATE_FILE
+def _write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``, readable by the user only (0600): the run's state and
+    the programs' configurations hold the run's admin token."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
     tmp.replace(path)
+
+
+def _write_state(run_dir: Path, state: dict[str, Any]) -> None:
+    _write_private(run_dir / STATE_FILE, json.dumps(state, indent=1))
+
+
+def _admin_token(state: Mapping[str, Any]) -> str | None:
+    """The run's admin token (``up`` makes one per run; older runs have none)."""
+    token = state.get("admin_token")
+    return token if isinstance(token, str) and token else None
 
 
 # ---- status -------------------------------------------------------------------------------------
@@ -233,6 +249,11 @@ class Stack:
     supervisor: Supervisor
     progress: Progress = field(default=_quiet)
 
+    @property
+    def admin_token(self) -> str | None:
+        """The token every process's admin API of this run accepts (``X-Admin-Token``)."""
+        return _admin_token(self.state)
+
     # -- files --
     @property
     def programs_dir(self) -> Path:
@@ -265,10 +286,7 @@ class Stack:
         )
 
     def _write_program(self, spec: ProgramSpec) -> None:
-        path = self.programs_dir / f"{spec.name}.conf"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(program_config(spec))
-        tmp.replace(path)
+        _write_private(self.programs_dir / f"{spec.name}.conf", program_config(spec))
 
     def _remove_program(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -316,6 +334,8 @@ class Stack:
         if self.jaeger_url:
             rows.append(("Jaeger", self.jaeger_url))
         rows.append(("run folder", str(self.run_dir)))
+        if self.admin_token is not None:  # where, never the token itself
+            rows.append(("admin token", f"{self.run_dir / STATE_FILE} (admin_token, 0600)"))
         return rows
 
     # -- waiting --
@@ -500,6 +520,7 @@ class Stack:
             base_port=self.plan.base_port,
             run_dir=self.run_dir,
             jaeger=self.plan.jaeger,
+            admin_token=self.admin_token,
         )
 
     def _check_component(self, component: str) -> None:
@@ -667,7 +688,16 @@ async def up(
     toxiproxy_bin, prometheus_bin, jaeger_bin = _find_tools(jaeger)
     base = base_port or int(os.environ.get("TESTBED_BASE_PORT") or DEFAULT_BASE_PORT)
     run = (run_dir or _default_run_dir()).resolve()
-    plan = build_plan(topo, base_port=base, run_dir=run, jaeger=jaeger_bin is not None)
+    # A fresh secret per run for every admin API (faults): never the default printed in the
+    # code. It lives in the run's state (0600), where the chaos commands find it.
+    admin_token = secrets.token_urlsafe(24)
+    plan = build_plan(
+        topo,
+        base_port=base,
+        run_dir=run,
+        jaeger=jaeger_bin is not None,
+        admin_token=admin_token,
+    )
     check_ports_free(plan.ports())
 
     for sub in ("logs", "data", "traces", "supervisor/programs", "prometheus/data"):
@@ -686,6 +716,7 @@ async def up(
         "jaeger": jaeger_bin is not None,
         "started_at": time.time(),
         "status": "starting",
+        "admin_token": admin_token,
     }
     _write_state(run, state)
     _set_pointer(run)
@@ -787,7 +818,11 @@ def open_stack(run_dir: Path | None = None, *, progress: Progress = _quiet) -> S
     # JSON is YAML, and keeps the components' order (their ports depend on it).
     topo = parse_topology(json.dumps(state["topology"]), str(run / STATE_FILE))
     plan = build_plan(
-        topo, base_port=int(state["base_port"]), run_dir=run, jaeger=bool(state.get("jaeger"))
+        topo,
+        base_port=int(state["base_port"]),
+        run_dir=run,
+        jaeger=bool(state.get("jaeger")),
+        admin_token=_admin_token(state),
     )
     return Stack(
         run_dir=run,

@@ -17,7 +17,9 @@ Variables (all optional except where noted):
                            management plane sets it to the instance's Toxiproxy proxy)
 ``TESTBED_VERSION``        the version this instance runs (default ``v1``)
 ``TESTBED_RUN_DIR``        the run folder: databases, span files, logs (default ``./runs/local``)
-``TESTBED_ADMIN_TOKEN``    token protecting the admin API (default ``testbed-admin``)
+``TESTBED_ADMIN_TOKEN``    token protecting the admin API (default ``testbed-admin``, accepted only
+                           while the process listens on loopback; ``testbed up`` sets a
+                           random one per run)
 ``TESTBED_REGISTRY_URL``   base URL of the registry (unset: static discovery only)
 ``TESTBED_UPSTREAMS``      static discovery: ``svc=host:port,host:port;svc2=host:port``
 ``TESTBED_RESILIENCE``     resilience profile for outbound calls: ``none``, ``basic``, ``full``
@@ -32,6 +34,7 @@ Variables (all optional except where noted):
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +43,9 @@ from pathlib import Path
 from mesh.errors import ConfigError
 
 RESILIENCE_PROFILES = ("none", "basic", "full")
+DEFAULT_ADMIN_TOKEN = "testbed-admin"
+"""The admin token of a process started without ``TESTBED_ADMIN_TOKEN``: printed in the code,
+so a process refuses it when its admin API listens beyond loopback (``admin_exposure``)."""
 LOG_FORMATS = ("json", "console", "auto")
 
 
@@ -97,6 +103,16 @@ def _parse_per_try(raw: str) -> dict[str, float]:
             )
         result[name.strip()] = value / 1000
     return result
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def env_float(
@@ -159,7 +175,7 @@ class ProcessConfig:
     advertise: str | None = None
     version: str = "v1"
     run_dir: Path = Path("runs/local")
-    admin_token: str = "testbed-admin"
+    admin_token: str = DEFAULT_ADMIN_TOKEN
     registry_url: str | None = None
     upstreams: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     resilience: str = "full"
@@ -182,6 +198,20 @@ class ProcessConfig:
         for name, value in (("port", self.port), ("admin port", self.admin_port)):
             if value is not None and not 0 <= value <= 65535:
                 raise ConfigError(f"{name} {value} is out of range 0-65535")
+
+    def admin_exposure(self) -> str | None:
+        """Why this process must not start, when its admin API would listen beyond loopback
+        with the well-known default token; None when it may."""
+        if self.admin_port is None or is_loopback(self.host):
+            return None
+        if self.admin_token != DEFAULT_ADMIN_TOKEN:
+            return None
+        return (
+            f"the admin API would listen on {self.host}:{self.admin_port} with the default "
+            "admin token; set TESTBED_ADMIN_TOKEN to a secret "
+            "(python -c 'import secrets; print(secrets.token_urlsafe())') or listen on "
+            "127.0.0.1 (TESTBED_HOST)"
+        )
 
     def resilience_for(self, upstream: str) -> str:
         """The resilience profile this process uses when calling ``upstream``."""
@@ -209,7 +239,7 @@ class ProcessConfig:
             advertise=e.get("TESTBED_ADVERTISE") or None,
             version=e.get("TESTBED_VERSION") or "v1",
             run_dir=Path(e.get("TESTBED_RUN_DIR") or "runs/local"),
-            admin_token=e.get("TESTBED_ADMIN_TOKEN") or "testbed-admin",
+            admin_token=e.get("TESTBED_ADMIN_TOKEN") or DEFAULT_ADMIN_TOKEN,
             registry_url=e.get("TESTBED_REGISTRY_URL") or None,
             upstreams=_parse_upstreams(e.get("TESTBED_UPSTREAMS", "")),
             resilience=e.get("TESTBED_RESILIENCE") or "full",

@@ -43,11 +43,13 @@ from mesh.errors import TestbedError
 from mesh.process import ProcessConfig
 from mesh.registration import install_registration
 from observability.admin import add_fault_routes, make_admin_middleware
+from observability.errors import RPC_ERRORS, ErrorShape
 from observability.faults import FaultController
 from observability.health import InFlight, Readiness, healthz, readyz
 from observability.keys import (
     CONFIG_KEY,
     DRAIN_HOOKS_KEY,
+    ERROR_SHAPE_KEY,
     FAULTS_KEY,
     HTTP_METRICS_KEY,
     IN_FLIGHT_KEY,
@@ -65,6 +67,7 @@ from observability.tracing import build_tracer_provider, tracer_name
 __all__ = [
     "CONFIG_KEY",
     "DRAIN_HOOKS_KEY",
+    "ERROR_SHAPE_KEY",
     "FAULTS_KEY",
     "HTTP_METRICS_KEY",
     "IN_FLIGHT_KEY",
@@ -96,8 +99,15 @@ def create_base_app(
     *,
     registry: CollectorRegistry | None = None,
     tracer_provider: TracerProvider | None = None,
+    trace_trust: Callable[[str | None], bool] | None = None,
+    error_shape: ErrorShape = RPC_ERRORS,
 ) -> web.Application:
     """The base app: telemetry + fault middlewares, ``/healthz``, ``/readyz``, ``/metrics``.
+
+    ``trace_trust``: for an app at a trust boundary, whether a request from this peer address
+    continues the trace it carries (``observability.middleware``); None: every one does.
+    ``error_shape``: how the kit answers errors itself (middleware, faults, wire lane):
+    ``PROBLEM_ERRORS`` for the edge apps a client talks to, RPC JSON otherwise.
 
     ``registry`` defaults to a fresh one (``new_registry()``); ``tracer_provider`` defaults to
     one built from ``OTEL_*`` (``build_tracer_provider``), which the app then owns and shuts
@@ -107,7 +117,7 @@ def create_base_app(
     owns_provider = tracer_provider is None
     provider = tracer_provider if tracer_provider is not None else build_tracer_provider(process)
     metrics = HttpMetrics.register(registry)
-    faults = FaultController(registry)
+    faults = FaultController(registry, error_shape=error_shape)
     in_flight = InFlight()
     app = web.Application(
         middlewares=[
@@ -119,6 +129,8 @@ def create_base_app(
                 in_flight,
                 faults=faults,
                 unsampled=unsampled_span_maker(provider),
+                trace_trust=trace_trust,
+                error_shape=error_shape,
             ),
         ]
     )
@@ -135,6 +147,7 @@ def create_base_app(
     ).set_function(lambda: 1.0 if readiness.ready else 0.0)
     app[IN_FLIGHT_KEY] = in_flight
     app[HTTP_METRICS_KEY] = metrics
+    app[ERROR_SHAPE_KEY] = error_shape
     app[DRAIN_HOOKS_KEY] = []
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -175,8 +188,12 @@ def run(
     """Serve ``main_app`` (and the admin API) until SIGTERM/SIGINT, then shut down gracefully.
 
     Without ``admin_app`` the default one (``create_admin_app``) is served when
-    ``process.admin_port`` is set.
+    ``process.admin_port`` is set. A process whose admin API would listen beyond loopback
+    with the default admin token exits at once with one line naming the fix.
     """
+    exposed = process.admin_exposure()
+    if exposed is not None:  # one clear line, exit 1: no stack trace, nothing served
+        raise SystemExit(f"{process.instance_id}: refusing to start: {exposed}")
     configure_logging(process, cache_loggers=True)
     # Process-wide default for code that does not get the provider passed in (libraries);
     # everything of ours takes it from the app.

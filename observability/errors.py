@@ -1,25 +1,49 @@
-"""The one shape of an error answer: ``{"code": ..., "message": ..., "trace_id": ...}``.
+"""The two shapes of an error answer, both carrying the trace id of the failed request.
 
-``code`` is one of the RPC codes (Connect's names, ``mesh.rpc.Code``); ``trace_id`` is the
-current span's trace id in lowercase hex, so a caller can find the failing hop in the traces.
-Written here rather than imported from ``mesh.rpc`` so the process kit does not depend on the
-RPC layer (which depends on it); the status<->code tables follow the Connect protocol.
+Between our own processes (the services' RPC): ``{"code": ..., "message": ..., "trace_id":
+...}`` as ``application/json``. ``code`` is one of the RPC codes (Connect's names,
+``mesh.rpc.Code``); ``trace_id`` is the current span's trace id in lowercase hex, so a caller
+can find the failing hop in the traces. Written here rather than imported from ``mesh.rpc``
+so the process kit does not depend on the RPC layer (which depends on it); the status<->code
+tables follow the Connect protocol.
+
+At the edge (CDN PoPs, balancer, gateway: whatever a client can get): RFC 9457
+``application/problem+json``, ``{"type": "urn:testbed:problem:<slug>", "title": <the
+status's phrase>, "status": ..., "detail": ..., "trace_id": ...}`` (the gateway may add
+``errors``, one per invalid field). ``ErrorShape`` names which one an app answers in
+(``RPC_ERRORS`` or ``PROBLEM_ERRORS``); the process kit's middleware, its fault injection and
+the wire lane answer their own errors in the app's shape.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, Final
 
 from aiohttp import web
 from opentelemetry import trace
 
 __all__ = [
     "CODE_TO_STATUS",
+    "PROBLEM_CONTENT_TYPE",
+    "PROBLEM_ERRORS",
+    "PROBLEM_TYPE_PREFIX",
+    "RPC_ERRORS",
+    "ErrorShape",
     "code_for_status",
     "current_trace_id",
     "error_body",
     "json_error",
+    "problem_document",
+    "problem_error",
+    "status_title",
 ]
+
+PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
+PROBLEM_TYPE_PREFIX: Final = "urn:testbed:problem:"
+_CURRENT: Final = object()
 
 CODE_TO_STATUS: dict[str, int] = {
     "canceled": 499,
@@ -93,3 +117,77 @@ def json_error(
         status=status,
         headers=headers,
     )
+
+
+def status_title(status: int) -> str:
+    """The standard phrase of ``status`` (``Not Found``), RFC 9457's ``title``."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Client Closed Request" if status == 499 else "Error"
+
+
+def problem_document(
+    status: int, slug: str, detail: str, *, trace_id: str | object | None = _CURRENT
+) -> dict[str, Any]:
+    """An RFC 9457 problem: type ``urn:testbed:problem:<slug>``, the status's title, the
+    ``detail`` a person can act on, and the trace id (the current span's unless given)."""
+    return {
+        "type": PROBLEM_TYPE_PREFIX + slug,
+        "title": status_title(status),
+        "status": status,
+        "detail": detail,
+        "trace_id": current_trace_id() if trace_id is _CURRENT else trace_id,
+    }
+
+
+def problem_error(
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """``json_error``'s answer as ``application/problem+json`` (the slug is the RPC code with
+    dashes, ``not-found``); never stored by a cache."""
+    slug = (code or code_for_status(status)).replace("_", "-")
+    return web.Response(
+        status=status,
+        body=json.dumps(problem_document(status, slug, message)).encode(),
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
+
+
+@dataclass(frozen=True)
+class ErrorShape:
+    """Which shape an app answers its own errors in: RPC JSON, or problem+json."""
+
+    problem: bool
+
+    def answer(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> web.Response:
+        if self.problem:
+            return problem_error(status, message, code=code, headers=headers)
+        return json_error(status, message, code=code, headers=headers)
+
+    def encoded(
+        self, status: int, message: str, code: str, trace_id: str | None
+    ) -> tuple[bytes, bytes]:
+        """``(content type, body)`` of an error answer written as bytes (the wire lane)."""
+        if self.problem:
+            slug = code.replace("_", "-")
+            document = problem_document(status, slug, message, trace_id=trace_id)
+            return PROBLEM_CONTENT_TYPE.encode(), json.dumps(document).encode()
+        body = json.dumps(error_body(code, message, trace_id=trace_id)).encode()
+        return b"application/json", body
+
+
+RPC_ERRORS: Final = ErrorShape(problem=False)
+PROBLEM_ERRORS: Final = ErrorShape(problem=True)

@@ -42,7 +42,7 @@ from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from observability.errors import CODE_TO_STATUS, code_for_status, json_error
+from observability.errors import CODE_TO_STATUS, RPC_ERRORS, ErrorShape, code_for_status
 from observability.logs import get_logger
 from observability.metrics import route_template
 from observability.middleware import CLIENT_CLOSED, FAULT_KEY, QUIET_ROUTES
@@ -302,7 +302,9 @@ class FaultController:
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
+        error_shape: ErrorShape = RPC_ERRORS,
     ) -> None:
+        self._error_shape = error_shape  # of the error answers it injects
         self._rng = rng or random.Random()
         self._clock = clock
         self._active: dict[str, ActiveFault] = {}
@@ -417,7 +419,7 @@ class FaultController:
                 spec = error.spec
                 assert isinstance(spec, ErrorFault)
                 assert spec.status is not None
-                return json_error(spec.status, spec.message, code=spec.code)
+                return self._error_shape.answer(spec.status, spec.message, code=spec.code)
             return None
         finally:
             if applied:

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from mesh.process import ProcessConfig
+from observability.errors import ErrorShape
 
 if TYPE_CHECKING:
     from observability.faults import FaultController
@@ -29,6 +30,8 @@ READINESS_KEY: web.AppKey[Readiness] = web.AppKey("testbed_readiness")
 IN_FLIGHT_KEY: web.AppKey[InFlight] = web.AppKey("testbed_in_flight")
 HTTP_METRICS_KEY: web.AppKey[HttpMetrics] = web.AppKey("testbed_http_metrics")
 MAIN_APP_KEY = web.AppKey("testbed_main_app", web.Application)
+ERROR_SHAPE_KEY = web.AppKey("testbed_error_shape", ErrorShape)
+"""The shape the app answers its own errors in (RPC JSON, or problem+json at the edge)."""
 """On the admin app: the public app it administers."""
 DRAIN_HOOKS_KEY: web.AppKey[list[Callable[[web.Application], Awaitable[None]]]] = web.AppKey(
     "testbed_drain_hooks"

@@ -1,10 +1,10 @@
 """The telemetry middleware: a server span, RED metrics and a canonical log line per request.
 
 It is the outermost middleware of every public app, so what it records is what the client
-saw, injected faults included. It also turns unhandled exceptions into the shared JSON error
-answer (``{"code": "internal", ...}``, never a stack trace to the client; the exception is
-logged with its traceback server-side) and HTTP errors raised by handlers or the router
-(``web.HTTPNotFound`` ...) into the same shape.
+saw, injected faults included. It also turns unhandled exceptions into the app's error answer
+(``{"code": "internal", ...}``, or problem+json at the edge; never a stack trace to the
+client; the exception is logged with its traceback server-side) and HTTP errors raised by
+handlers or the router (``web.HTTPNotFound`` ...) into the same shape.
 
 A request an in-service fault was applied to carries ``testbed.fault`` (the fault kinds, e.g.
 ``latency+error``) on its span and ``fault`` on its log line, so analyses can tell injected
@@ -14,6 +14,11 @@ Span names are ``"{METHOD} {route template}"`` (just ``"{METHOD}"`` when no rout
 the semantic conventions say). Health and metrics endpoints are counted in the RED metrics
 but get no span and their canonical line is logged at debug level, so a scraping Prometheus
 does not flood traces and logs.
+
+At a trust boundary (the CDN PoPs, ``trace_trust``), a request from a peer that is not
+trusted does not continue the trace it carries: its span starts a new trace, as the sampler's
+budget allows, with the client's context as a span link (``untrusted_parent``), so no client
+can force tracing or plant trace ids.
 
 Spans are recorded as the trace sampler decides (by default every new trace up to 100 a
 second per process, see ``observability.tracing``); the canonical line follows it, and is
@@ -32,17 +37,28 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 from opentelemetry import context as context_api
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, set_span_in_context
+from opentelemetry.context import Context
+from opentelemetry.trace import (
+    Link,
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+    Tracer,
+    get_current_span,
+    set_span_in_context,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 from yarl import URL
 
-from observability.errors import json_error
+from observability.errors import RPC_ERRORS, ErrorShape
 from observability.health import InFlight
 from observability.logs import get_logger
 from observability.metrics import UNMATCHED, HttpMetrics, route_template
@@ -63,6 +79,7 @@ __all__ = [
     "record_request",
     "request_fault",
     "start_attributes",
+    "untrusted_parent",
 ]
 
 QUIET_ROUTES: Final = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -84,6 +101,20 @@ MEMO_SIZE: Final = 1024
 _propagator: Final = TraceContextTextMapPropagator()  # stateless W3C traceparent codec
 _ERROR: Final = Status(StatusCode.ERROR)
 _log = get_logger("observability.http")
+
+
+CLIENT_LINK_ATTRIBUTES: Final = {"testbed.link": "untrusted_client_context"}
+"""On the link from a span to the trace context an untrusted client sent."""
+_ROOT: Final = Context()
+
+
+def untrusted_parent(parent: Context) -> tuple[Context, list[Link] | None]:
+    """What a request from an untrusted client that sent ``parent`` gets instead: no parent
+    (a new trace, under the sampler's budget) and ``parent``'s span context as a link."""
+    client = get_current_span(parent).get_span_context()
+    if not client.is_valid:
+        return _ROOT, None
+    return _ROOT, [Link(client, CLIENT_LINK_ATTRIBUTES)]
 
 
 def request_fault(request: web.Request) -> str | None:
@@ -169,9 +200,9 @@ class HostAddresses:
         return found
 
 
-def _from_http_exception(exc: web.HTTPException) -> web.StreamResponse:
-    """An HTTP error raised by a handler or the router, as the shared JSON error answer."""
-    if exc.status < 400 or exc.content_type == "application/json":
+def _from_http_exception(exc: web.HTTPException, shape: ErrorShape) -> web.StreamResponse:
+    """An HTTP error raised by a handler or the router, as the app's error answer."""
+    if exc.status < 400 or exc.content_type in ("application/json", "application/problem+json"):
         return exc
     headers = {
         k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")
@@ -179,7 +210,7 @@ def _from_http_exception(exc: web.HTTPException) -> web.StreamResponse:
     text = exc.text or ""
     default_text = f"{exc.status}: {exc.reason}"
     message = exc.reason if text in ("", default_text) else text
-    return json_error(exc.status, message, headers=headers)
+    return shape.answer(exc.status, message, headers=headers)
 
 
 def _error_type(exc: BaseException) -> str:
@@ -196,6 +227,7 @@ async def _call(
     span: Span | None,
     faults: FaultController | None = None,
     route: str = UNMATCHED,
+    shape: ErrorShape = RPC_ERRORS,
 ) -> tuple[web.StreamResponse, str | None]:
     """Run the handler (after the request faults, when ``faults`` is given); returns the
     answer and ``error.type`` (None if no error)."""
@@ -206,21 +238,23 @@ async def _call(
         if response is None:
             response = await handler(request)
     except web.HTTPException as exc:
-        response = _from_http_exception(exc)
+        response = _from_http_exception(exc, shape)
         if response is exc and exc.status < 400:
             raise
     except Exception as exc:
         _log.exception("unhandled_exception", path=request.path, error_type=type(exc).__name__)
         if span is not None:
             span.record_exception(exc)
-        return json_error(500, "internal error", code="internal"), _error_type(exc)
+        return shape.answer(500, "internal error", code="internal"), _error_type(exc)
     error_type = str(response.status) if response.status >= 500 else None
     return response, error_type
 
 
-async def error_answer(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Run ``handler``; HTTP errors and unhandled exceptions become the shared JSON answer."""
-    response, _ = await _call(request, handler, None)
+async def error_answer(
+    request: web.Request, handler: Handler, shape: ErrorShape = RPC_ERRORS
+) -> web.StreamResponse:
+    """Run ``handler``; HTTP errors and unhandled exceptions become the app's error answer."""
+    response, _ = await _call(request, handler, None, shape=shape)
     return response
 
 
@@ -231,8 +265,14 @@ def make_telemetry_middleware(
     *,
     faults: FaultController | None = None,
     unsampled: UnsampledSpan | None = None,
+    trace_trust: Callable[[str | None], bool] | None = None,
+    error_shape: ErrorShape = RPC_ERRORS,
 ) -> Middleware:
     """The outermost middleware of a public app.
+
+    ``trace_trust`` (a trust boundary): whether a request from this peer address continues
+    the trace it carries; one that does not starts a new trace (``untrusted_parent``).
+    ``error_shape``: the shape of the errors it answers itself (``observability.errors``).
 
     With ``faults``, request faults are applied here too (to every route but the quiet ones),
     so no separate fault middleware is needed; the in-flight gauge of ``metrics`` is bound to
@@ -259,13 +299,19 @@ def make_telemetry_middleware(
         in_flight.enter()
         try:
             if route in QUIET_ROUTES:
-                return await _observe(request, handler, None, method, route, metrics, None)
+                return await _observe(
+                    request, handler, None, method, route, metrics, None, error_shape
+                )
             parent = _propagator.extract(request.headers)
+            links: list[Link] | None = None
+            if trace_trust is not None and not trace_trust(request.remote):
+                parent, links = untrusted_parent(parent)
             span = unsampled(parent) if unsampled is not None else None
             if span is None:
                 span = tracer.start_span(
                     span_name(method, route),
                     context=parent,
+                    links=links,
                     kind=SpanKind.SERVER,
                     record_exception=False,
                     set_status_on_exception=False,
@@ -285,7 +331,9 @@ def make_telemetry_middleware(
             # What ``start_as_current_span`` does, without its context-manager layers.
             token = context_api.attach(set_span_in_context(span))
             try:
-                return await _observe(request, handler, span, method, route, metrics, faults)
+                return await _observe(
+                    request, handler, span, method, route, metrics, faults, error_shape
+                )
             finally:
                 context_api.detach(token)
                 span.end()
@@ -303,13 +351,14 @@ async def _observe(
     route: str,
     metrics: HttpMetrics,
     faults: FaultController | None,
+    shape: ErrorShape,
 ) -> web.StreamResponse:
     """Handle the request and record it (metrics, span attributes, the canonical line)."""
     status = 500
     error_type: str | None = None
     started = time.perf_counter()
     try:
-        response, error_type = await _call(request, handler, span, faults, route)
+        response, error_type = await _call(request, handler, span, faults, route, shape)
         status = response.status
         return response
     except web.HTTPException as exc:  # a redirect or a 2xx raised: not an error

@@ -14,6 +14,14 @@ a tenth of that); ``encode_otlp_json_via_protobuf`` keeps the library route, and
 checks that both give the same line for the same spans. The collector has no Python library
 that writes files, hence this small exporter.
 
+Span files are rotated and bounded: when a line would take ``<instance_id>.jsonl`` past
+``max_bytes`` (``TESTBED_SPAN_FILE_BYTES``), it becomes ``<instance_id>~1.jsonl`` (the older
+ones move up to ``~2`` ... ``~<backups>``, ``TESTBED_SPAN_FILE_BACKUPS``; the oldest is
+deleted) and a fresh file starts, so one instance never holds more than
+``(1 + backups) * max_bytes`` bytes of spans. ``~`` never appears in an instance's file name,
+so rotated files never collide with another instance's, and they match ``*.jsonl`` like the
+current one: ``observability.spans.span_files`` lists them all.
+
 ``export`` runs on the event loop in small batches (``span_buffer.LoopSpanProcessor``, what
 ``build_tracer_provider`` uses), or on any thread a processor calls it from (it takes a lock).
 """
@@ -39,9 +47,12 @@ from opentelemetry.util.types import Attributes
 from observability.logs import get_logger
 
 __all__ = [
+    "DEFAULT_SPAN_FILE_BACKUPS",
+    "DEFAULT_SPAN_FILE_BYTES",
     "OtlpJsonLinesExporter",
     "encode_otlp_json",
     "encode_otlp_json_via_protobuf",
+    "rotated_path",
     "span_file_path",
 ]
 
@@ -61,9 +72,21 @@ _Memo = dict[tuple[str, type, object], str]
 log = get_logger(__name__)
 
 
+DEFAULT_SPAN_FILE_BYTES: Final = 16 * 1024 * 1024
+"""A span file is rotated before it grows past this (``TESTBED_SPAN_FILE_BYTES``)."""
+DEFAULT_SPAN_FILE_BACKUPS: Final = 3
+"""Rotated span files kept per instance (``TESTBED_SPAN_FILE_BACKUPS``)."""
+_ROTATED: Final = "~"
+
+
 def span_file_path(run_dir: Path, instance_id: str) -> Path:
     """Where the spans of ``instance_id`` go: ``<run_dir>/traces/<instance_id>.jsonl``."""
     return run_dir / "traces" / f"{_UNSAFE.sub('_', instance_id) or 'unknown'}.jsonl"
+
+
+def rotated_path(path: Path, index: int) -> Path:
+    """The ``index``-th rotated file of the span file ``path`` (1 is the newest)."""
+    return path.with_name(f"{path.stem}{_ROTATED}{index}{path.suffix}")
 
 
 # -- the direct encoder ----------------------------------------------------------------------
@@ -327,26 +350,64 @@ def encode_otlp_json_via_protobuf(spans: Sequence[ReadableSpan]) -> str:
 
 
 class OtlpJsonLinesExporter(SpanExporter):
-    """Appends each exported batch as one OTLP/JSON line to ``path``."""
+    """Appends each exported batch as one OTLP/JSON line to ``path``, rotating the file
+    before it grows past ``max_bytes`` and keeping ``backups`` rotated files (0: the file
+    starts over)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = DEFAULT_SPAN_FILE_BYTES,
+        backups: int = DEFAULT_SPAN_FILE_BACKUPS,
+    ) -> None:
+        if max_bytes < 1 or backups < 0:
+            raise ValueError("max_bytes must be at least 1 and backups at least 0")
         self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._size: int | None = None  # of the current file, once known
         self._memo: _Memo = {}
         self._lock = threading.Lock()
         self._shut_down = False
+
+    def _rotate(self) -> None:
+        """The current file becomes ``~1``, ``~k`` becomes ``~k+1``, the oldest goes."""
+        path = self.path
+        oldest = rotated_path(path, self.backups) if self.backups else path
+        oldest.unlink(missing_ok=True)
+        for index in range(self.backups - 1, 0, -1):
+            older = rotated_path(path, index)
+            if older.exists():
+                older.replace(rotated_path(path, index + 1))
+        if self.backups:
+            path.replace(rotated_path(path, 1))
+        self._size = 0
+
+    def _append(self, data: bytes) -> None:
+        if self._size is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._size = self.path.stat().st_size
+            except FileNotFoundError:
+                self._size = 0
+        if self._size and self._size + len(data) > self.max_bytes:
+            self._rotate()
+        with self.path.open("ab") as f:
+            f.write(data)
+        self._size += len(data)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shut_down:
             return SpanExportResult.FAILURE
         if not spans:
             return SpanExportResult.SUCCESS
-        line = encode_otlp_json(spans, memo=self._memo) + "\n"
+        line = (encode_otlp_json(spans, memo=self._memo) + "\n").encode()
         try:
             with self._lock:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with self.path.open("a", encoding="utf-8") as f:
-                    f.write(line)
+                self._append(line)
         except OSError as exc:
+            self._size = None  # stat again next time
             log.warning("span_file_write_failed", path=str(self.path), error=str(exc))
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS

@@ -35,6 +35,7 @@ __all__ = [
     "parse_line",
     "read_span_file",
     "roots",
+    "span_files",
 ]
 
 AttrValue = str | bool | int | float | tuple[Any, ...] | None
@@ -226,11 +227,21 @@ def read_span_file(path: Path, stats: SpanFileStats | None = None) -> list[SpanR
     return spans
 
 
+def span_files(traces_dir: Path) -> list[Path]:
+    """Every span file in ``traces_dir``: each instance's current ``<instance>.jsonl`` and
+    its rotated ``<instance>~<k>.jsonl`` (``observability.otlp_json``), sorted by name."""
+    return sorted(traces_dir.glob("*.jsonl"))
+
+
 def load_spans(run_dir: Path, stats: SpanFileStats | None = None) -> list[SpanRecord]:
-    """Every span of a run folder (``<run_dir>/traces/*.jsonl``), ordered by start time."""
+    """Every span of a run folder (``<run_dir>/traces/*.jsonl``, the rotated files
+    ``<instance>~<k>.jsonl`` included), ordered by start time."""
     spans: list[SpanRecord] = []
-    for path in sorted((run_dir / "traces").glob("*.jsonl")):
-        spans.extend(read_span_file(path, stats))
+    for path in span_files(run_dir / "traces"):  # rotated ones too
+        try:
+            spans.extend(read_span_file(path, stats))
+        except FileNotFoundError:  # rotated away (renamed or deleted) since it was listed
+            continue
     spans.sort(key=lambda s: (s.start_ns, s.end_ns))
     return spans
 

@@ -17,6 +17,10 @@ Variables read (once, into ``TracingConfig``):
 ``OTEL_SDK_DISABLED``                    ``true``: no spans are recorded or exported
 ``OTEL_BSP_SCHEDULE_DELAY``              batch delay, ms (default here 1000, not the SDK's 5000,
                                          so span files are nearly complete when a process is killed)
+``TESTBED_SPAN_FILE_BYTES``              a span file is rotated before it grows past this
+                                         (default 16777216, 16 MiB)
+``TESTBED_SPAN_FILE_BACKUPS``            rotated span files kept per instance (default 3): at most
+                                         (1 + backups) x bytes of spans per instance
 
 The default samples every new trace up to 100 a second per process and follows the parent's
 decision otherwise (``observability.sampling``): the experiments' loads are traced whole, and a
@@ -52,8 +56,13 @@ from opentelemetry.sdk.trace.sampling import (
 )
 
 from mesh.errors import ConfigError
-from mesh.process import ProcessConfig
-from observability.otlp_json import OtlpJsonLinesExporter, span_file_path
+from mesh.process import ProcessConfig, env_int
+from observability.otlp_json import (
+    DEFAULT_SPAN_FILE_BACKUPS,
+    DEFAULT_SPAN_FILE_BYTES,
+    OtlpJsonLinesExporter,
+    span_file_path,
+)
 from observability.sampling import ParentBasedRateLimiting, RateLimitingSampler
 from observability.span_buffer import LoopSpanProcessor
 
@@ -113,6 +122,8 @@ class TracingConfig:
     disabled: bool = False
     span_files: bool = True
     """With an ``endpoint``, also write span files to the run folder (``TESTBED_SPAN_FILES``)."""
+    span_file_bytes: int = DEFAULT_SPAN_FILE_BYTES
+    span_file_backups: int = DEFAULT_SPAN_FILE_BACKUPS
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -173,6 +184,12 @@ class TracingConfig:
             disabled=(e.get("OTEL_SDK_DISABLED") or "").strip().lower() == "true",
             span_files=(e.get("TESTBED_SPAN_FILES") or "1").strip().lower()
             not in ("0", "false", "no"),
+            span_file_bytes=env_int(
+                e, "TESTBED_SPAN_FILE_BYTES", DEFAULT_SPAN_FILE_BYTES, minimum=4096
+            ),
+            span_file_backups=env_int(
+                e, "TESTBED_SPAN_FILE_BACKUPS", DEFAULT_SPAN_FILE_BACKUPS, minimum=0
+            ),
         )
 
 
@@ -205,10 +222,17 @@ def build_resource(config: TracingConfig) -> Resource:
     )
 
 
+def span_file_exporter(config: TracingConfig) -> OtlpJsonLinesExporter:
+    """The exporter of this process's span file (rotated and bounded as configured)."""
+    return OtlpJsonLinesExporter(
+        config.span_file, max_bytes=config.span_file_bytes, backups=config.span_file_backups
+    )
+
+
 def build_exporter(config: TracingConfig) -> SpanExporter:
     if config.endpoint is not None:
         return OTLPSpanExporter(endpoint=config.endpoint, timeout=config.export_timeout_s)
-    return OtlpJsonLinesExporter(config.span_file)
+    return span_file_exporter(config)
 
 
 def build_tracer_provider(
@@ -236,7 +260,7 @@ def build_tracer_provider(
     # keeps its traces after the collector is gone, and the chaos engine's fault localisation
     # and `testbed traces` read them from there.
     if exporter is None and config.endpoint is not None and config.span_files:
-        exporters.append(OtlpJsonLinesExporter(config.span_file))
+        exporters.append(span_file_exporter(config))
     for each in exporters:
         processor: SpanProcessor
         if isinstance(each, OtlpJsonLinesExporter):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from management.plan import build_plan
-from management.topology import parse_topology
+from management.topology import load_topology, parse_topology
 from mesh.errors import ConfigError
 from mesh.process import ProcessConfig
 from mesh.resilience import profile_for, profile_named
@@ -92,3 +96,73 @@ links:
     assert profile_for(config, "inventory") == profile_named("full")
     with pytest.raises(ConfigError, match="payments=fast"):
         ProcessConfig.from_env("orders", {"TESTBED_PER_TRY_TIMEOUT_MS": "payments=fast"})
+
+
+@pytest.mark.parametrize(
+    ("host", "token", "refused"),
+    [
+        ("127.0.0.1", None, False),
+        ("::1", None, False),
+        ("localhost", None, False),
+        ("0.0.0.0", None, True),
+        ("10.1.2.3", None, True),
+        ("shop.example", None, True),
+        ("0.0.0.0", "a-secret-of-this-run", False),
+    ],
+)
+def test_the_default_admin_token_is_refused_beyond_loopback(
+    host: str, token: str | None, refused: bool
+) -> None:
+    env = {"TESTBED_HOST": host, "TESTBED_ADMIN_PORT": "9001"}
+    if token is not None:
+        env["TESTBED_ADMIN_TOKEN"] = token
+    problem = ProcessConfig.from_env("orders", env).admin_exposure()
+    assert (problem is not None) == refused
+    if refused:
+        assert problem is not None
+        assert "TESTBED_ADMIN_TOKEN" in problem
+    # Without an admin listener there is nothing to protect.
+    assert ProcessConfig.from_env("orders", {"TESTBED_HOST": host}).admin_exposure() is None
+
+
+def test_a_process_exposing_its_admin_api_with_the_default_token_does_not_start(
+    tmp_path: Path,
+) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("TESTBED_", "OTEL_"))},
+        "TESTBED_HOST": "0.0.0.0",
+        "TESTBED_PORT": "0",
+        "TESTBED_ADMIN_PORT": "0",
+        "TESTBED_RUN_DIR": str(tmp_path),
+        "OTEL_SDK_DISABLED": "true",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "management.registry"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "refusing to start" in lines[0]
+    assert "TESTBED_ADMIN_TOKEN" in lines[0]
+
+
+def test_the_plan_draws_the_trust_boundary_at_the_pops(tmp_path: Path) -> None:
+    data = load_topology(None).to_data()
+    (balancer,) = [n for n, c in data["components"].items() if c["kind"] == "balancer"]
+    data["components"][balancer]["env"] = {"BALANCER_HASH_HEADER": "X-User"}
+    plan = build_plan(
+        parse_topology(yaml.safe_dump(data)), base_port=20000, run_dir=tmp_path, admin_token="t"
+    )
+    (lb,) = plan.of(balancer)
+    assert lb.env["BALANCER_TRUSTED_PEERS"] == "127.0.0.1/32"
+    pops = [i for i in plan.instances if i.kind == "cdn"]
+    assert pops
+    for pop in pops:
+        assert pop.env["CDN_HASH_HEADER"] == "X-User"
+        assert "CDN_TRUSTED_NETWORKS" not in pop.env  # the public entry trusts no client
+    assert {i.env["TESTBED_ADMIN_TOKEN"] for i in plan.instances} == {"t"}

@@ -29,6 +29,7 @@ from edge.front.fastlane import FAST_LANE_KEY, FastLane
 from edge.front.wire import WIRE_LANE_KEY, Reply, WireLane, WireRequest
 from mesh.discovery import Discovery, StaticDiscovery
 from observability.app import REGISTRY_KEY, create_base_app
+from observability.errors import PROBLEM_ERRORS
 
 POOL_KEY = web.AppKey("balancer_pool", UpstreamPool)
 PROXY_KEY = web.AppKey("balancer_proxy", Proxy)
@@ -58,7 +59,12 @@ def create_app(
     tracer_provider: TracerProvider | None = None,
 ) -> web.Application:
     """The balancer app; ``discovery`` defaults to ``StaticDiscovery`` from TESTBED_UPSTREAMS."""
-    app = create_base_app(config.process, registry=registry, tracer_provider=tracer_provider)
+    app = create_base_app(
+        config.process,
+        registry=registry,
+        tracer_provider=tracer_provider,
+        error_shape=PROBLEM_ERRORS,  # a client's answer: the edge's one error shape
+    )
     disc = discovery if discovery is not None else StaticDiscovery.from_process(config.process)
     metrics = BalancerMetrics(app[REGISTRY_KEY])
     pool = UpstreamPool(config, disc, metrics)

@@ -5,7 +5,11 @@ gateway replicas for static discovery):
 
 ``BALANCER_UPSTREAM``            service name of the instances to balance (default ``gateway``)
 ``BALANCER_POLICY``              ``round_robin`` (default), ``least_request``, ``consistent_hash``
-``BALANCER_HASH_HEADER``         consistent_hash key: this request header (default: client address)
+``BALANCER_HASH_HEADER``         consistent_hash key: this request header, believed from trusted
+                                 peers only (default, and for anyone else: the client address)
+``BALANCER_TRUSTED_PEERS``       our own hops (the PoPs), CIDRs comma-separated: the only peers
+                                 whose hash header is honoured; it is dropped from the others'
+                                 requests (default: none; the embedded stack sets 127.0.0.1/32)
 ``BALANCER_HEALTH_PATH``         active health check path (default ``/readyz``)
 ``BALANCER_HEALTH_INTERVAL``     seconds between checks of each instance (default 0.5)
 ``BALANCER_HEALTH_TIMEOUT``      deadline of one check (default 0.5)
@@ -35,8 +39,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from edge.front.trust import TrustedNetworks
 from mesh.balancing import POLICIES
 from mesh.errors import ConfigError
 from mesh.process import ProcessConfig, env_float, env_int
@@ -50,6 +55,7 @@ class BalancerConfig:
     upstream: str = "gateway"
     policy: str = "round_robin"
     hash_header: str | None = None
+    trusted_peers: TrustedNetworks = field(default_factory=TrustedNetworks)
     health_path: str = "/readyz"
     health_interval: float = 0.5
     health_timeout: float = 0.5
@@ -85,6 +91,9 @@ class BalancerConfig:
             upstream=e.get("BALANCER_UPSTREAM") or "gateway",
             policy=e.get("BALANCER_POLICY") or "round_robin",
             hash_header=e.get("BALANCER_HASH_HEADER") or None,
+            trusted_peers=TrustedNetworks.parse(
+                e.get("BALANCER_TRUSTED_PEERS", ""), "BALANCER_TRUSTED_PEERS"
+            ),
             health_path=e.get("BALANCER_HEALTH_PATH") or "/readyz",
             health_interval=env_float(e, "BALANCER_HEALTH_INTERVAL", 0.5, minimum=0.01),
             health_timeout=env_float(e, "BALANCER_HEALTH_TIMEOUT", 0.5, minimum=0.01),

@@ -19,6 +19,11 @@ Both give the same result: ``X-Forwarded-For`` gets the client's address appende
 earlier value (one comma-separated list, RFC 7239's predecessor convention), ``Via`` gets this
 hop appended, ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` are kept when an earlier proxy (a
 CDN PoP) set them and filled in otherwise.
+
+At the public entry (a CDN PoP, ``trusted=False`` for a client outside its trusted networks)
+nothing the client says about earlier hops is kept: ``X-Forwarded-For`` is the client's
+address alone, ``X-Forwarded-Proto``/``-Host`` are this hop's, and ``Forwarded``,
+``traceparent`` and ``tracestate`` are dropped (the PoP sends its own trace context).
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ HOP_BY_HOP = frozenset(
 )
 # Also dropped from requests: the next hop's framing sets Host and Content-Length itself.
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length"}
+# Dropped from an untrusted client's request: what it claims about earlier hops and traces.
+_UNTRUSTED_DROP = frozenset(
+    {"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+    | {"traceparent", "tracestate"}
+)
 # Dropped from responses: aiohttp frames the body itself (Content-Length or chunked).
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 
@@ -71,14 +81,18 @@ def _filtered(
 
 
 def upstream_request_headers(
-    request: web.BaseRequest, *, via: str, drop: Iterable[str] = ()
+    request: web.BaseRequest, *, via: str, drop: Iterable[str] = (), trusted: bool = True
 ) -> CIMultiDict[str]:
     """Headers to send upstream for ``request``: end-to-end fields plus forwarding fields.
 
     ``X-Forwarded-For`` gets the client's address appended; ``X-Forwarded-Proto`` and
     ``X-Forwarded-Host`` are kept when an earlier proxy (a CDN PoP) set them, else filled in.
+    From a client that is not ``trusted`` they are overwritten instead (and ``Forwarded``,
+    ``traceparent``, ``tracestate`` dropped).
     """
     extra = frozenset(d.lower() for d in drop)
+    if not trusted:
+        extra |= _UNTRUSTED_DROP
     out = _filtered(request.headers, _REQUEST_DROP | extra if extra else _REQUEST_DROP)
     peer = request.remote or "unknown"
     prior = out.getall("X-Forwarded-For", ())
@@ -184,12 +198,18 @@ class RequestHeadWriter:
             self._kinds[name] = kind
         return kind
 
-    def lines(self, request: ProxiedRequest, inject: Mapping[str, str] | None = None) -> bytes:
-        head = self._lines(request, _NOTHING, inject)
+    def lines(
+        self,
+        request: ProxiedRequest,
+        inject: Mapping[str, str] | None = None,
+        strip: frozenset[bytes] = _NOTHING,
+    ) -> bytes:
+        """The lines; fields named in ``strip`` (lowercase) are left out too."""
+        head = self._lines(request, strip, inject)
         if head is None:
             # The client named more hop-by-hop fields in Connection: filter again (rare).
             named = _named_b(v for n, v in request.raw_headers if n.lower() == b"connection")
-            head = self._lines(request, named - _REQUEST_DROP_B, inject)
+            head = self._lines(request, (named - _REQUEST_DROP_B) | strip, inject)
             assert head is not None
         return head
 

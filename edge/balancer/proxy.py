@@ -45,10 +45,9 @@ uses aiohttp's client.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -74,7 +73,7 @@ from edge.balancer.upstream import (
 )
 from edge.front.wire import Reply, WireRequest, self_made_head
 from mesh.discovery import Instance
-from observability.errors import error_body
+from observability.errors import PROBLEM_ERRORS
 from observability.logs import get_logger
 
 IDEMPOTENCY_KEY = "Idempotency-Key"
@@ -88,23 +87,17 @@ _METHODS = {
     m: m.encode("ascii") for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 }
 _CHUNK = 64 * 1024
+_NO_FIELDS: frozenset[bytes] = frozenset()
 _T = TypeVar("_T")
 _T_co = TypeVar("_T_co", covariant=True)
 _propagator = TraceContextTextMapPropagator()  # stateless codec, not a singleton resource
 _log = get_logger("edge.balancer.proxy")
 
 
-def problem_body(status: int, code: str, message: str, **extra: object) -> dict[str, Any]:
-    """An error answer's body in the shared shape, as RFC 9457 describes it."""
-    body = error_body(code, message, **extra)
-    body.update({"type": "about:blank", "title": message, "status": status})
-    return body
-
-
-def problem(status: int, code: str, message: str, **extra: object) -> web.Response:
-    """An error answer in the shared shape, as ``application/problem+json`` (RFC 9457)."""
-    body = problem_body(status, code, message, **extra)
-    return web.json_response(body, status=status, content_type="application/problem+json")
+def problem(status: int, code: str, message: str) -> web.Response:
+    """An error answer in the edge's one shape, ``application/problem+json`` (RFC 9457, with
+    the trace id; ``observability.errors``)."""
+    return PROBLEM_ERRORS.answer(status, message, code=code)
 
 
 class _Incoming(Protocol):
@@ -135,6 +128,14 @@ class Proxy:
         self._head = RequestHeadWriter(self.via)
         self.answer_headers = ResponseHeaderFilter(self.via)
         self._hash_header = config.hash_header
+        # The hash header is believed from our own hops only (the PoPs, which set it): from
+        # anyone else it is dropped, and the key is the peer's address.
+        self._trusted = config.trusted_peers
+        self._hash_strip = (
+            frozenset({config.hash_header.lower().encode("latin-1")})
+            if config.hash_header is not None
+            else frozenset()
+        )
         self._consistent = config.policy == "consistent_hash"
         self._buffer_bytes = config.buffer_bytes
         self._attempts = 1 + config.retries
@@ -151,8 +152,15 @@ class Proxy:
             self.metrics.track_active(instance.id, lambda: client.in_use(address))
         return stats
 
+    def _strip(self, request: _Incoming) -> frozenset[bytes]:
+        """Fields to leave out of the forwarded request: the hash header from a peer that
+        is not one of our own hops."""
+        if not self._hash_strip or request.remote in self._trusted:
+            return _NO_FIELDS
+        return self._hash_strip
+
     def _hash_key(self, request: _Incoming) -> str | None:
-        if self._hash_header is not None:
+        if self._hash_header is not None and request.remote in self._trusted:
             value = request.headers.get(self._hash_header)
             if value is not None:
                 return value
@@ -163,7 +171,7 @@ class Proxy:
         method = request.method
         carrier: dict[str, str] = {}
         _propagator.inject(carrier)  # W3C traceparent of the current span, if any
-        lines = self._head.lines(request, carrier)
+        lines = self._head.lines(request, carrier, self._strip(request))
         body: bytes | None = None
         stream: StreamReader | None = None
         length: int | None = None
@@ -193,7 +201,8 @@ class Proxy:
         """Proxy a request the wire lane read (``edge.front.wire``): its body, if any, is
         in hand (at most ``buffer_bytes``)."""
         method = request.method
-        lines = self._head.lines(request, request.propagate)  # the front's trace context
+        # The front's trace context; the hash header only from our own hops.
+        lines = self._head.lines(request, request.propagate, self._strip(request))
         body = request.body
         if body or method in _CONTENT_METHODS:
             framing = b"Content-Length: %d\r\n" % len(body)
@@ -398,10 +407,10 @@ class _ToWire:
         self._trace_id = trace_id
 
     def problem(self, status: int, code: str, message: str) -> None:
-        body = problem_body(status, code, message, trace_id=self._trace_id)
-        head = self_made_head(b"application/problem+json")
+        content_type, body = PROBLEM_ERRORS.encoded(status, message, code, self._trace_id)
+        head = self_made_head(content_type) + b"Cache-Control: no-store\r\n"
         reply = self._reply
-        reply.respond(status, HTTPStatus(status).phrase.encode(), head, json.dumps(body).encode())
+        reply.respond(status, HTTPStatus(status).phrase.encode(), head, body)
 
     def whole(self, conn: UpstreamConnection, status: int, no_body: bool) -> None:
         head = self._filter.lines(conn.headers)

@@ -24,6 +24,7 @@ from edge.cdn.store import CacheStore
 from edge.front.fastlane import FAST_LANE_KEY, FastLane
 from edge.front.wire import WIRE_LANE_KEY, WireLane
 from observability.app import create_admin_app, create_base_app, new_registry
+from observability.errors import PROBLEM_ERRORS
 
 STORE_KEY = web.AppKey("cdn_store", CacheStore)
 CACHE_KEY = web.AppKey("cdn_cache", EdgeCache)
@@ -57,7 +58,16 @@ def create_app(
     registry = registry if registry is not None else new_registry()
     store = CacheStore(max_bytes=config.cache_bytes, max_object_bytes=config.max_object_bytes)
     metrics = CdnMetrics(registry, store)
-    app = create_base_app(config.process, registry=registry, tracer_provider=tracer_provider)
+    # The public entry: clients outside CDN_TRUSTED_NETWORKS start new traces here
+    # (edge.front.trust), on aiohttp's path and the wire lane alike.
+    trace_trust = config.trusted_networks.__contains__
+    app = create_base_app(
+        config.process,
+        registry=registry,
+        tracer_provider=tracer_provider,
+        trace_trust=trace_trust,
+        error_shape=PROBLEM_ERRORS,  # a client's answer: the edge's one error shape
+    )
     app[STORE_KEY] = store
     app[METRICS_KEY] = metrics
 
@@ -75,14 +85,18 @@ def create_app(
         return await request.app[CACHE_KEY].handle(request)
 
     app.cleanup_ctx.append(resources)
-    everything = app.router.add_resource("/{tail:.*}")
+    # Every path, even one with a newline in it once unquoted (``.`` would not match it, and
+    # the router's 404 would answer instead of the origin).
+    everything = app.router.add_resource(r"/{tail:[\s\S]*}")
     everything.add_route("*", handle)
     # Connections start on the wire lane, which answers fresh hits of plain GETs below
     # aiohttp's server; at the first request it does not answer, the connection goes to
     # aiohttp, where fresh hits of requests that will not be traced are still answered
     # before routing (edge.front.wire, edge.front.fastlane).
     route = everything.canonical
-    app[WIRE_LANE_KEY] = WireLane(route, answer=partial(wire_hit, store, metrics))
+    app[WIRE_LANE_KEY] = WireLane(
+        route, answer=partial(wire_hit, store, metrics), trace_trust=trace_trust
+    )
     app[FAST_LANE_KEY] = FastLane(route, answer=partial(fresh_hit, store, metrics))
     return app
 

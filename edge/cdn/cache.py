@@ -15,6 +15,11 @@ Flow for a GET/HEAD (other methods and range requests pass straight through):
    limit; larger ones are streamed through untouched (at most that limit is buffered).
 
 Every answer carries ``Age`` and ``X-Cache: HIT|MISS|STALE|REVALIDATED``.
+
+The PoP is the public entry: what it sends to the origin for a client outside
+``CDN_TRUSTED_NETWORKS`` carries none of the client's forwarding or trace fields (overwritten,
+``edge.balancer.headers``) and, when ``CDN_HASH_HEADER`` is set, no hash header of the
+client's: the PoP sets it to the client's address (the balancer hashes on it).
 """
 
 from __future__ import annotations
@@ -166,9 +171,24 @@ class EdgeCache:
 
     # -- origin fetches ------------------------------------------------------------------
 
-    def _origin_headers(self, request: web.Request, entry: Entry | None) -> CIMultiDict[str]:
-        headers = upstream_request_headers(request, via=self.via, drop=_CACHE_FETCH_DROP)
+    def _upstream_headers(
+        self, request: web.Request, drop: tuple[str, ...] = ()
+    ) -> CIMultiDict[str]:
+        """What goes to the origin for ``request``, as trusted as its client is."""
+        remote = request.remote
+        trusted = remote in self.config.trusted_networks
+        headers = upstream_request_headers(request, via=self.via, drop=drop, trusted=trusted)
+        hash_header = self.config.hash_header
+        if hash_header is not None:
+            if not trusted:
+                headers.popall(hash_header, None)
+            if hash_header not in headers:
+                headers[hash_header] = remote or "unknown"
         _propagator.inject(headers)
+        return headers
+
+    def _origin_headers(self, request: web.Request, entry: Entry | None) -> CIMultiDict[str]:
+        headers = self._upstream_headers(request, _CACHE_FETCH_DROP)
         if entry is not None:
             _add_validators(headers, entry)
         return headers
@@ -423,8 +443,7 @@ class EdgeCache:
 
     async def _pass_through(self, request: web.Request, result: str = "pass") -> web.StreamResponse:
         method = request.method
-        headers = upstream_request_headers(request, via=self.via)
-        _propagator.inject(headers)
+        headers = self._upstream_headers(request)
         body: bytes | StreamReader | None = None
         if request.body_exists:
             length = request.content_length

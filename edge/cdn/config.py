@@ -12,16 +12,23 @@ Besides the common ``TESTBED_*`` variables (``mesh.process``):
 ``CDN_TOTAL_TIMEOUT``      cap on one whole origin exchange (default 300)
 ``CDN_POOL_SIZE``          keep-alive connections to the origin (default 256)
 ``CDN_BUFFER_BYTES``       pass-through bodies up to this size are relayed whole (default 65536)
+``CDN_TRUSTED_NETWORKS``   clients in these networks (CIDRs, comma-separated) are our own hops:
+                           their trace context is continued and their X-Forwarded-* fields
+                           extended; everyone else's are not (default: none, ``edge.front.trust``)
+``CDN_HASH_HEADER``        the header the balancer behind hashes on (``BALANCER_HASH_HEADER``):
+                           dropped from untrusted clients' requests, set by the PoP to the
+                           client's address when absent (default: none)
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from yarl import URL
 
+from edge.front.trust import TrustedNetworks
 from mesh.errors import ConfigError
 from mesh.process import ProcessConfig, env_float, env_int
 
@@ -42,6 +49,8 @@ class CdnConfig:
     total_timeout: float = 300.0
     pool_size: int = 256
     buffer_bytes: int = 65_536
+    trusted_networks: TrustedNetworks = field(default_factory=TrustedNetworks)
+    hash_header: str | None = None
 
     def __post_init__(self) -> None:
         if self.region not in REGIONS:
@@ -79,4 +88,8 @@ class CdnConfig:
             total_timeout=env_float(e, "CDN_TOTAL_TIMEOUT", 300.0, minimum=0.01),
             pool_size=env_int(e, "CDN_POOL_SIZE", 256, minimum=1),
             buffer_bytes=env_int(e, "CDN_BUFFER_BYTES", 65_536, minimum=0),
+            trusted_networks=TrustedNetworks.parse(
+                e.get("CDN_TRUSTED_NETWORKS", ""), "CDN_TRUSTED_NETWORKS"
+            ),
+            hash_header=(e.get("CDN_HASH_HEADER") or "").strip() or None,
         )

@@ -43,7 +43,13 @@ from opentelemetry import context as context_api
 from opentelemetry.context import Context
 from opentelemetry.trace import set_span_in_context
 
-from observability.keys import FAULTS_KEY, HTTP_METRICS_KEY, IN_FLIGHT_KEY, TRACER_PROVIDER_KEY
+from observability.keys import (
+    ERROR_SHAPE_KEY,
+    FAULTS_KEY,
+    HTTP_METRICS_KEY,
+    IN_FLIGHT_KEY,
+    TRACER_PROVIDER_KEY,
+)
 from observability.logs import get_logger
 from observability.middleware import (
     CLIENT_CLOSED,
@@ -93,6 +99,7 @@ def install_fast_lane(server: web.Server, app: web.Application) -> bool:
     inner: RequestHandler = server.request_handler
     route = lane.route
     metrics, faults, in_flight = app[HTTP_METRICS_KEY], app[FAULTS_KEY], app[IN_FLIGHT_KEY]
+    shape = app[ERROR_SHAPE_KEY]
     root = Context()
 
     def eligible(request: BaseRequest) -> bool:
@@ -134,7 +141,7 @@ def install_fast_lane(server: web.Server, app: web.Application) -> bool:
         token = context_api.attach(set_span_in_context(span))
         started = time.perf_counter()
         try:
-            response = await error_answer(cast(web.Request, request), lane.handler)
+            response = await error_answer(cast(web.Request, request), lane.handler, shape)
             status = response.status
             return response
         except web.HTTPException as exc:  # a redirect raised by the handler

@@ -13,7 +13,7 @@ with a ``WireFront`` as the protocol factory, and every connection starts on it:
 - the telemetry is what the middleware records for any request: a server span (the sampler
   decides; an unsampled one still propagates the decision), the RED metrics under the lane's
   route, the in-flight count (drain waits for it), the canonical log line; an unhandled error
-  becomes the shared JSON 500, a client that leaves cancels its handler;
+  becomes the app's 500 (problem+json at the edge), a client that leaves cancels its handler;
 - keep-alive and pipelined requests are served in order; an idle connection closes after
   ``keepalive_timeout``; at shutdown idle connections close at once and busy ones after their
   answer.
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import Token
@@ -48,6 +47,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from opentelemetry import context as context_api
 from opentelemetry.context import Context
 from opentelemetry.trace import (
+    Link,
     NonRecordingSpan,
     Span,
     SpanContext,
@@ -56,8 +56,14 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from observability.errors import error_body
-from observability.keys import FAULTS_KEY, HTTP_METRICS_KEY, IN_FLIGHT_KEY, TRACER_PROVIDER_KEY
+from observability.errors import RPC_ERRORS, ErrorShape
+from observability.keys import (
+    ERROR_SHAPE_KEY,
+    FAULTS_KEY,
+    HTTP_METRICS_KEY,
+    IN_FLIGHT_KEY,
+    TRACER_PROVIDER_KEY,
+)
 from observability.logs import get_logger
 from observability.middleware import (
     CLIENT_CLOSED,
@@ -66,6 +72,7 @@ from observability.middleware import (
     HostAddresses,
     record_request,
     start_attributes,
+    untrusted_parent,
 )
 from observability.sampling import trace_budget, unsampled_root_maker, unsampled_span_maker
 from observability.tracing import tracer_name
@@ -143,6 +150,7 @@ class WireLane:
     ``max_body``: request bodies up to this size are read whole and given to the handler;
     larger ones are served by aiohttp (which streams them).
     ``owned``: paths the app's own routes serve (always served by aiohttp).
+    ``trace_trust``: see below (the CDN PoPs, the public entry, set it).
     """
 
     route: str
@@ -151,6 +159,9 @@ class WireLane:
     owned: frozenset[str] = QUIET_ROUTES
     keepalive_timeout: float = 75.0  # aiohttp's default
     answer: WireAnswerer | None = None
+    trace_trust: Callable[[str | None], bool] | None = None
+    """At a trust boundary: whether a request from this peer address continues the trace it
+    carries (else a new trace, the client's context a link, as in the middleware)."""
 
     def __post_init__(self) -> None:
         if (self.answer is None) == (self.handler is None):
@@ -594,9 +605,9 @@ def self_made_head(content_type: bytes) -> bytes:
     return b"Content-Type: %s\r\n%s%s" % (content_type, date_line(), SERVER_LINE)
 
 
-def _internal_error(reply: Reply, trace_id: str | None) -> None:
-    body = json.dumps(error_body("internal", "internal error", trace_id=trace_id)).encode()
-    reply.respond(500, b"Internal Server Error", self_made_head(b"application/json"), body)
+def _internal_error(reply: Reply, trace_id: str | None, shape: ErrorShape) -> None:
+    content_type, body = shape.encoded(500, "internal error", "internal", trace_id)
+    reply.respond(500, b"Internal Server Error", self_made_head(content_type), body)
 
 
 class WireFront:
@@ -612,6 +623,7 @@ class WireFront:
         self.metrics = app[HTTP_METRICS_KEY]
         self.faults = app[FAULTS_KEY]
         self.in_flight = app[IN_FLIGHT_KEY]
+        self.error_shape = app.get(ERROR_SHAPE_KEY, RPC_ERRORS)
         provider = app[TRACER_PROVIDER_KEY]
         self.tracer = provider.get_tracer(tracer_name)
         self.unsampled = unsampled_span_maker(provider)
@@ -636,13 +648,23 @@ class WireFront:
             conn.close_when_idle()
         self._reaper = None if self.closing else self.loop.call_later(1.0, self._reap)
 
+    def _continues(self, request: WireRequest) -> bool:
+        """Whether the request carries a trace context this process continues."""
+        if request.traceparent is None:
+            return False
+        trust = self.lane.trace_trust
+        return trust is None or trust(request.remote)
+
     def _span(self, request: WireRequest, method: str) -> Span:
         parent = self._root
+        links: list[Link] | None = None
         if request.traceparent is not None:
             carrier = {"traceparent": request.traceparent.decode("latin-1")}
             if request.tracestate is not None:
                 carrier["tracestate"] = request.tracestate.decode("latin-1")
             parent = _propagator.extract(carrier)
+            if not self._continues(request):  # an untrusted client's: a link, not a parent
+                parent, links = untrusted_parent(parent)
         span = self.unsampled(parent) if self.unsampled is not None else None
         if span is not None:
             return span
@@ -653,6 +675,7 @@ class WireFront:
         span = self.tracer.start_span(
             name,
             context=parent,
+            links=links,
             kind=SpanKind.SERVER,
             record_exception=False,
             set_status_on_exception=False,
@@ -681,7 +704,7 @@ class WireFront:
         self.in_flight.enter()
         started = time.perf_counter()
         root = None
-        if request.traceparent is None and self._unsampled_root is not None:
+        if self._unsampled_root is not None and not self._continues(request):
             root = self._unsampled_root()
         span: Span | None = None
         token: Token[Context] | None = None
@@ -726,7 +749,7 @@ class WireFront:
             if reply.started:
                 reply.abort()  # a truncated answer is the only signal left
             else:
-                _internal_error(reply, request.trace_id)
+                _internal_error(reply, request.trace_id, self.error_shape)
         finally:
             elapsed = time.perf_counter() - started
             recorded = span
@@ -752,7 +775,7 @@ class WireFront:
         status = answer[0]
         budget = self._budget
         span = None
-        traced = request.traceparent is not None or budget is None or budget.would_sample()
+        traced = self._continues(request) or budget is None or budget.would_sample()
         if traced or status >= 500:  # a span, maybe recorded; a failure's line has its ids
             span = self._span(request, method)
         reply.respond(*answer)

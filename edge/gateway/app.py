@@ -29,6 +29,7 @@ from edge.gateway.upstreams import (
 from mesh.discovery import Discovery
 from mesh.registration import install_registration
 from observability.app import REGISTRY_KEY, create_base_app
+from observability.errors import PROBLEM_ERRORS
 
 
 def create_app(
@@ -39,7 +40,12 @@ def create_app(
     discovery: Discovery | None = None,
 ) -> web.Application:
     """The gateway app; ``discovery`` overrides the one built from the config (tests)."""
-    app = create_base_app(config.process, registry=registry, tracer_provider=tracer_provider)
+    app = create_base_app(
+        config.process,
+        registry=registry,
+        tracer_provider=tracer_provider,
+        error_shape=PROBLEM_ERRORS,  # a client's answer: the edge's one error shape
+    )
     metrics = GatewayMetrics.register(app[REGISTRY_KEY])
     app[GATEWAY_CONFIG_KEY] = config
     app[GATEWAY_METRICS_KEY] = metrics

@@ -241,6 +241,13 @@ async def checkout(request: web.Request) -> web.Response:
     metrics = request.app[GATEWAY_METRICS_KEY]
     key = idempotency_key(request)
     body = await read_json(request, models.CheckoutRequest, limit=config.max_body_bytes)
+    repeated = body.repeated_product()
+    if repeated is not None:
+        raise ProblemError(
+            422,
+            "repeated-product",
+            f"product {repeated} appears on two lines; put its whole quantity on one line",
+        )
     customer = customer_of(request)
     try:
         answer = await request.app[UPSTREAMS_KEY].orders.call(

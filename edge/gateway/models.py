@@ -11,13 +11,25 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from services.common.types import ID_PATTERN, MAX_LINES, MAX_QUANTITY
 from services.orders.api import OrderStatus
 
 IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{8,128}$"
 """An ``Idempotency-Key``: 8-128 URL-safe characters (a UUID fits)."""
+
+
+def _whole(value: object) -> object:
+    """``2.0`` as ``2``: JSON Schema's ``integer`` is any number without a fraction, so a
+    client may send it that way; anything else goes to the strict check unchanged."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole)]
+"""An integer as JSON Schema means it (``2`` or ``2.0``, never ``true`` or ``"2"``)."""
 
 ProductId = Annotated[str, Field(pattern=ID_PATTERN, examples=["p-001"])]
 """Ids follow the services' own rule, so the gateway refuses exactly what they would."""
@@ -99,7 +111,7 @@ class CheckoutItem(_Public):
     """One line of an order."""
 
     product_id: ProductId
-    quantity: int = Field(strict=True, ge=1, le=MAX_QUANTITY)
+    quantity: WholeNumber = Field(strict=True, ge=1, le=MAX_QUANTITY)
 
 
 class CheckoutRequest(_Public):
@@ -108,18 +120,21 @@ class CheckoutRequest(_Public):
     items: list[CheckoutItem] = Field(
         min_length=1,
         max_length=MAX_LINES,
-        description="Distinct products: put a product's whole quantity on one line.",
+        description=(
+            "Distinct products: put a product's whole quantity on one line (a product on two "
+            "lines is refused with 422, a rule JSON Schema cannot state)."
+        ),
     )
 
-    @field_validator("items")
-    @classmethod
-    def _distinct(cls, items: list[CheckoutItem]) -> list[CheckoutItem]:
+    def repeated_product(self) -> str | None:
+        """The first product that appears on two lines, if any (the gateway answers 422:
+        the request is well-formed, its content cannot be processed)."""
         seen: set[str] = set()
-        for item in items:
+        for item in self.items:
             if item.product_id in seen:
-                raise ValueError(f"product {item.product_id} appears twice; use one line")
+                return item.product_id
             seen.add(item.product_id)
-        return items
+        return None
 
 
 class OrderItem(_Public):

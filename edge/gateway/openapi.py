@@ -34,9 +34,14 @@ _PROBLEM_TEXT = {
     400: "Invalid request: the detail and `errors` name the field.",
     401: "Missing or unknown API key.",
     404: "No such resource.",
-    409: "Conflicts with the current state (e.g. not enough stock, key reused for another order).",
+    409: "Conflicts with the current state (e.g. not enough stock).",
     413: "Request body too large.",
     415: "Request body is not JSON.",
+    422: (
+        f"Well-formed but not processable: the {IDEMPOTENCY_HEADER} was already used for a "
+        "different order (send that order again, or use a new key), a product is unknown, "
+        "or a product appears on two lines."
+    ),
     429: "Over this API key's rate; retry after `Retry-After` seconds.",
     500: "The gateway failed (no detail is given away).",
     502: "An upstream service failed.",
@@ -163,7 +168,8 @@ def build_openapi(*, server_url: str | None = None) -> dict[str, Any]:
                     "summary": "Place an order.",
                     "description": (
                         f"Header {IDEMPOTENCY_HEADER} is required: the same key again answers "
-                        "the same order and charges once, so a checkout is safe to retry."
+                        "the same order and charges once, so a checkout is safe to retry; the "
+                        "same key with a different order is refused (422)."
                     ),
                     "parameters": [
                         {
@@ -184,7 +190,7 @@ def build_openapi(*, server_url: str | None = None) -> dict[str, Any]:
                     },
                     "responses": {
                         "200": _ok(Order, "The order and its status."),
-                        **_problems(400, 404, 409, 413, 415),
+                        **_problems(400, 404, 409, 413, 415, 422),
                     },
                 }
             },

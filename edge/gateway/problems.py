@@ -18,11 +18,13 @@ from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
 from edge.gateway.models import FieldError, Problem
-from observability.errors import current_trace_id
+from observability.errors import PROBLEM_CONTENT_TYPE as _PROBLEM_CONTENT_TYPE
+from observability.errors import PROBLEM_TYPE_PREFIX, current_trace_id
 from observability.logs import get_logger
 
-PROBLEM_CONTENT_TYPE = "application/problem+json"
-TYPE_PREFIX = "urn:testbed:problem:"
+# The edge's one error shape (observability.errors), with the gateway's field errors.
+PROBLEM_CONTENT_TYPE = _PROBLEM_CONTENT_TYPE
+TYPE_PREFIX = PROBLEM_TYPE_PREFIX
 
 _log = get_logger("edge.gateway")
 

@@ -91,6 +91,11 @@ async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
                 await discovery.close()
 
 
+_UNPROCESSABLE = {
+    # ``details.reason`` of a service's refusal -> the problem's slug
+    "idempotency_key_reused": "idempotency-key-reused",
+    "unknown_product": "unknown-product",
+}
 _CLIENT_CODES: dict[Code, tuple[int, str]] = {
     Code.INVALID_ARGUMENT: (400, "invalid-request"),
     Code.OUT_OF_RANGE: (400, "invalid-request"),
@@ -110,6 +115,11 @@ _SYSTEM_CODES: dict[Code, tuple[int, str, str]] = {
 def rpc_problem(error: RpcError, upstream: str, metrics: GatewayMetrics) -> ProblemError:
     """The HTTP problem a client sees when a call to ``upstream`` failed with ``error``."""
     metrics.upstream_errors.labels(upstream=upstream, code=error.code.value).inc()
+    reason = (error.details or {}).get("reason")
+    if reason in _UNPROCESSABLE:
+        # Well-formed, but what it asks cannot be done: 422 (RFC 9110), not the 400 of a
+        # malformed request. A key reused with another order: the IETF idempotency-key draft.
+        return ProblemError(422, _UNPROCESSABLE[reason], error.message)
     if error.code in _CLIENT_CODES:
         status, slug = _CLIENT_CODES[error.code]
         return ProblemError(status, slug, error.message)

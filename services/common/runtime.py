@@ -45,7 +45,8 @@ def rpc_errors() -> Iterator[None]:
     try:
         yield
     except DomainError as e:
-        raise RpcError(Code(e.code), e.message) from None
+        details = {"reason": e.reason} if e.reason is not None else None
+        raise RpcError(Code(e.code), e.message, details=details) from None
 
 
 def http_session_ctx(*, total_timeout: float = 30.0) -> CleanupCtx:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import aiosqlite
 
 from services.common.db import Database
-from services.common.errors import InvalidArgument
+from services.common.errors import IdempotencyKeyReused
 from services.orders.api import Order, OrderItem
 from services.orders.saga import TERMINAL, Step, status_of
 
@@ -130,7 +130,7 @@ class OrdersStore:
                 )
                 if rows:
                     if rows[0]["request_hash"] != request_hash:
-                        raise InvalidArgument(
+                        raise IdempotencyKeyReused(
                             f"idempotency key {idempotency_key!r} was already used for a different"
                             " order; send the original order again or use a new key"
                         )

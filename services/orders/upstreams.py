@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from mesh.rpc import Code, RpcClient, RpcError
 from services.catalog import api as catalog_api
 from services.common.consistency import Consistency
-from services.common.errors import InvalidArgument, Unavailable
+from services.common.errors import InvalidArgument, Unavailable, UnknownProduct
 from services.inventory import api as inventory_api
 from services.orders.api import Order
 from services.orders.checkout import StepResult
@@ -183,7 +183,7 @@ class CatalogPrices:
             p for p, r in zip(product_ids, results, strict=True) if isinstance(r, InvalidArgument)
         ]
         if unknown:
-            raise InvalidArgument(
+            raise UnknownProduct(
                 f"unknown product(s): {', '.join(unknown)}; check the ids against ListProducts"
             )
         for r in results:

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from edge.balancer import BalancerConfig, create_app
 from edge.balancer.app import POOL_KEY
 from edge.balancer.headers import upstream_request_headers
+from edge.front.trust import TrustedNetworks
 from mesh.discovery import StaticDiscovery
 from mesh.process import ProcessConfig
 from tests.edge.support_proxy import CHUNK, Upstream
@@ -67,15 +68,21 @@ async def test_least_request_and_consistent_hash_policies(
     aiohttp_client: ClientFactory, upstreams: list[Upstream]
 ) -> None:
     app, _ = _balancer(
-        [u.address for u in upstreams], policy="consistent_hash", hash_header="X-User"
+        [u.address for u in upstreams],
+        policy="consistent_hash",
+        hash_header="X-User",
+        trusted_peers=TrustedNetworks.parse("127.0.0.1/32", "BALANCER_TRUSTED_PEERS"),
     )
     client = await aiohttp_client(app)
-    for user in ("alice", "bob", "carol"):
+    homes = set()
+    for user in ("alice", "bob", "carol", "dave", "erin", "frank"):
         names = set()
         for _ in range(5):
             async with client.get("/echo", headers={"X-User": user}) as resp:
                 names.add((await resp.json())["name"])
         assert len(names) == 1, f"{user} moved between instances: {names}"
+        homes |= names
+    assert len(homes) > 1  # the header, not the (one) client address, is the key
 
     app2, _ = _balancer([u.address for u in upstreams], policy="least_request")
     client2 = await aiohttp_client(app2)
@@ -177,7 +184,7 @@ async def test_connect_failure_is_502_problem_json(aiohttp_client: ClientFactory
         assert resp.status == 502
         assert resp.content_type == "application/problem+json"
         body = await resp.json()
-        assert body["code"] == "unavailable"
+        assert body["type"] == "urn:testbed:problem:unavailable"
         assert "trace_id" in body
         assert body["trace_id"]
 
@@ -189,7 +196,7 @@ async def test_upstream_timeout_is_504(
     client = await aiohttp_client(app)
     async with client.get("/slow?s=2") as resp:
         assert resp.status == 504
-        assert (await resp.json())["code"] == "deadline_exceeded"
+        assert (await resp.json())["type"] == "urn:testbed:problem:deadline-exceeded"
 
 
 async def test_connect_failures_retried_on_another_instance(

@@ -272,7 +272,7 @@ def test_keep_alive_race_not_retried_for_post(run: Run) -> None:
             async with client.post("/order", data=b"2") as resp:
                 # It may have been acted on before the close: not sent twice.
                 assert resp.status == 502
-                assert (await resp.json())["code"] == "unavailable"
+                assert (await resp.json())["type"] == "urn:testbed:problem:unavailable"
             assert [r.body for r in up.proxied()] == [b"1", b"2"]
 
     run(scenario())
@@ -360,7 +360,7 @@ def test_reset_mid_headers_retried_only_when_safe(run: Run) -> None:
             client.get("/") as resp,
         ):
             assert resp.status == 502
-            assert (await resp.json())["code"] == "unavailable"
+            assert (await resp.json())["type"] == "urn:testbed:problem:unavailable"
 
     run(scenario())
 
@@ -392,7 +392,7 @@ def test_silent_upstream_is_504_and_not_retried(run: Run) -> None:
             started = time.monotonic()
             async with client.get("/") as resp:
                 assert resp.status == 504
-                assert (await resp.json())["code"] == "deadline_exceeded"
+                assert (await resp.json())["type"] == "urn:testbed:problem:deadline-exceeded"
             assert time.monotonic() - started < 3
             assert sum(len(u.proxied()) for u in ups) == 1
 

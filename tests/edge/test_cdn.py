@@ -189,7 +189,7 @@ async def test_stale_if_error_serves_stale_while_origin_fails_or_is_down(
     async with client.get(plain) as resp:
         assert resp.status == 502
         assert resp.content_type == "application/problem+json"
-        assert (await resp.json())["code"] == "unavailable"
+        assert (await resp.json())["type"] == "urn:testbed:problem:unavailable"
 
 
 async def test_concurrent_misses_collapse_into_one_origin_fetch(
@@ -341,7 +341,8 @@ async def test_the_wire_lane_answers_fresh_hits_as_aiohttp_does(
 ) -> None:
     """On the wire lane (``edge.front.wire``) a fresh hit of a plain GET is answered below
     aiohttp's server: the same answer as aiohttp's path gives, counted and traced the same;
-    what the lane does not answer (a miss, a conditional request) aiohttp serves."""
+    what the lane does not answer (a miss, a conditional request) aiohttp serves. (Traces
+    continued from trusted clients: tests/edge/test_trust.py.)"""
     path = "/cached/w?cc=max-age=60&etag=1"
     traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     exporter = InMemorySpanExporter()
@@ -387,10 +388,9 @@ async def test_the_wire_lane_answers_fresh_hits_as_aiohttp_does(
             "http_server_requests_total", {"method": "GET", "route": "/{tail}", "code": "200"}
         )
         assert counted == 3.0  # the miss and the two hits on the wire
-        (span,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
-        assert span.name == "GET /{tail}"
-        assert span.context is not None
-        assert f"{span.context.trace_id:032x}" == traceparent[3:35]
+        # The client's sampled traceparent does not force a trace at the PoP (it is not in
+        # CDN_TRUSTED_NETWORKS): the budget (0 here) decides, as for any new trace.
+        assert [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER] == []
     finally:
         await runner.cleanup()
         provider.shutdown()

@@ -63,7 +63,9 @@ async def test_pop_process_answers_untraced_hits_in_its_fast_lane(
     spawner: Spawner, tmp_path: Path
 ) -> None:
     """With no credit for new traces (OTEL_TRACES_SAMPLER_ARG=0) the process serves fresh hits
-    from its fast lane: counted, not traced; a request of a sampled trace is traced."""
+    from its fast lane: counted, not traced; a request of a sampled trace from a trusted
+    network (CDN_TRUSTED_NETWORKS) is traced (from anyone else it would start a new trace,
+    under the budget: tests/edge/test_trust.py)."""
     origin = spawner.start("tests.edge.support_proxy", name="origin")
     await origin.wait_ready()
     pop = spawner.start(
@@ -74,6 +76,7 @@ async def test_pop_process_answers_untraced_hits_in_its_fast_lane(
             "CDN_ORIGIN_URL": origin.url,
             "TESTBED_RUN_DIR": str(tmp_path),
             "OTEL_TRACES_SAMPLER_ARG": "0",
+            "CDN_TRUSTED_NETWORKS": "127.0.0.1/32",
         },
     )
     await pop.wait_ready()

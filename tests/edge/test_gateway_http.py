@@ -113,6 +113,20 @@ async def test_malformed_and_invalid_json_are_400_naming_the_field(
         400,
     )
     assert {e["field"] for e in body["errors"]} == {"items", "x"}
+
+
+async def test_a_product_on_two_lines_is_well_formed_but_unprocessable_422(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    line = {"product_id": "p-001", "quantity": 1}
+    body = await problem(
+        await client.post(
+            "/api/checkout", json={"items": [line, line]}, headers=checkout_headers()
+        ),
+        422,
+    )
+    assert body["type"] == "urn:testbed:problem:repeated-product"
+    assert "p-001" in str(body["detail"])
     resp = await client.post(
         "/api/checkout", data=b"items=1", headers=checkout_headers(**{"Content-Type": "text/plain"})
     )

@@ -152,9 +152,13 @@ async def test_checkout_is_idempotent_through_the_gateway(spawner: Spawner) -> N
         assert third["id"] != first["id"]
         changed = {"items": [{"product_id": product_id, "quantity": 2}]}
         async with http.post(f"{gw}/api/checkout", json=changed, headers=headers) as resp:
-            # orders answers invalid_argument today (400); already_exists (409) would be apter
-            assert resp.status in (400, 409), await resp.text()
-            assert "already used" in (await resp.json(content_type=None))["detail"]
+            # The IETF idempotency-key draft: a key reused with another payload is 422.
+            assert resp.status == 422, await resp.text()
+            assert resp.content_type == "application/problem+json"
+            problem = await resp.json(content_type=None)
+            assert problem["type"] == "urn:testbed:problem:idempotency-key-reused"
+            assert "already used" in problem["detail"]
+            assert problem["trace_id"]
         audit = await _payments_audit(http, stack)
         assert len([c for c in audit["charges"] if c["order_id"] == first["id"]]) == 1
         assert len({c["order_id"] for c in audit["charges"]} & {first["id"], third["id"]}) == 2

@@ -195,7 +195,10 @@ def test_env_mirrors_the_embedded_plan_with_container_hostnames(
     hosts = _expected_hosts(plan)
     for inst in plan.instances:
         env = doc["services"][inst.instance_id]["environment"]
-        assert set(env) == set(inst.env)
+        # The admin token comes from compose's environment, required, never a default.
+        assert env.pop("TESTBED_ADMIN_TOKEN") == compose.ADMIN_TOKEN_REFERENCE
+        assert compose.ADMIN_TOKEN_REFERENCE.startswith("${TESTBED_ADMIN_TOKEN:?")
+        assert set(env) == set(inst.env) - {"BALANCER_TRUSTED_PEERS"}
         assert {k for k in env if k.startswith("TESTBED_")} >= {
             "TESTBED_SERVICE",
             "TESTBED_INSTANCE_ID",
@@ -205,6 +208,8 @@ def test_env_mirrors_the_embedded_plan_with_container_hostnames(
             "TESTBED_RUN_DIR",
         }
         for key, embedded in inst.env.items():
+            if key == "BALANCER_TRUSTED_PEERS":  # loopback trust stays out of containers
+                continue
             if key == "TESTBED_HOST":
                 assert env[key] == "0.0.0.0"
                 continue
@@ -253,6 +258,18 @@ def test_a_loopback_address_outside_the_stack_is_refused(default_topology: Topol
     plan = compose_plan(topo)
     with pytest.raises(ConfigError, match=r"ORDERS_DB.*127\.0\.0\.1:5432.*no part of the stack"):
         container_env(plan, plan.of("orders")[0])
+
+
+def test_no_admin_token_is_written_in_the_files(out: Path) -> None:
+    text = (out / "docker-compose.yaml").read_text()
+    assert "testbed-admin" not in text
+    doc = yaml.safe_load(text)
+    tokens = {
+        service["environment"].get("TESTBED_ADMIN_TOKEN")
+        for service in doc["services"].values()
+        if "TESTBED_SERVICE" in service.get("environment", {})
+    }
+    assert tokens == {compose.ADMIN_TOKEN_REFERENCE}
 
 
 # ---- Toxiproxy ----------------------------------------------------------------------------------

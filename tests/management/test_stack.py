@@ -21,8 +21,10 @@ import aiohttp
 import pytest
 from click.testing import CliRunner
 
+from chaos.stack import from_management
 from management.cli import cli
 from management.stack import AlreadyUp, Stack, _marked_pids, _pid_alive, down, up
+from mesh.process import DEFAULT_ADMIN_TOKEN
 from mesh.registry_client import RegistryClient
 from tests.support.processes import REPO_ROOT
 
@@ -128,6 +130,22 @@ async def test_stack_lifecycle(tmp_path: Path, base_port: int) -> None:
         ):
             groups = {g["name"] for g in (await resp.json())["data"]["groups"]}
         assert {"testbed-backend", "testbed-front", "testbed-monitoring"} <= groups
+
+        # -- a random admin token per run, in the run's state (user-only), in every process
+        token = stack.admin_token
+        assert token is not None
+        assert token != DEFAULT_ADMIN_TOKEN
+        assert len(token) >= 24
+        assert (run_dir / "state.json").stat().st_mode & 0o777 == 0o600
+        for conf in (run_dir / "supervisor" / "programs").glob("*.conf"):
+            assert conf.stat().st_mode & 0o777 == 0o600, conf
+        info = await from_management(stack)
+        assert info.admin_token == token
+        admin = f"http://127.0.0.1:{stack.plan.instance('backend-1').admin_port}/faults"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            for given, status in ((DEFAULT_ADMIN_TOKEN, 401), (token, 200)):
+                async with http.get(admin, headers={"X-Admin-Token": given}) as resp:
+                    assert resp.status == status
 
         # -- traffic through the front reaches both backends through their proxies
         front = stack.plan.instance("front-1").url + "/work"

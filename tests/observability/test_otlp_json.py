@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.resources import Resource
@@ -13,9 +14,17 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from observability.otlp_json import encode_otlp_json, encode_otlp_json_via_protobuf
+from mesh.errors import ConfigError
+from mesh.process import ProcessConfig
+from observability.otlp_json import (
+    OtlpJsonLinesExporter,
+    encode_otlp_json,
+    encode_otlp_json_via_protobuf,
+    span_file_path,
+)
 from observability.spans import SpanKind as RecordKind
-from observability.spans import SpanStatus, parse_line
+from observability.spans import SpanStatus, load_spans, parse_line, span_files
+from observability.tracing import TracingConfig
 
 REMOTE = {
     "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
@@ -146,3 +155,45 @@ def test_the_memo_changes_nothing(spans: list[ReadableSpan]) -> None:
     first = encode_otlp_json(spans, memo=memo)
     assert memo  # filled by the first call ...
     assert encode_otlp_json(spans, memo=memo) == first == encode_otlp_json_via_protobuf(spans)
+
+
+def test_span_files_are_rotated_and_bounded(spans: list[ReadableSpan], tmp_path: Path) -> None:
+    path = span_file_path(tmp_path, "cdn-us")
+    line = len(encode_otlp_json(spans[:1]).encode()) + 1
+    exporter = OtlpJsonLinesExporter(path, max_bytes=3 * line, backups=2)
+    for _ in range(20):  # three lines a file, three files: the newest 8 lines are kept
+        exporter.export(spans[:1])
+    names = sorted(p.name for p in (tmp_path / "traces").iterdir())
+    assert names == ["cdn-us.jsonl", "cdn-us~1.jsonl", "cdn-us~2.jsonl"]
+    for each in (tmp_path / "traces").iterdir():
+        assert each.stat().st_size <= 3 * line
+    assert span_files(tmp_path / "traces") == sorted((tmp_path / "traces").iterdir())
+    # The readers see the rotated files too: 2 lines in the current file, 3 in each other.
+    assert len(load_spans(tmp_path)) == 8
+    # A new exporter (a restarted process) goes on from the file's size, bounded all the same.
+    again = OtlpJsonLinesExporter(path, max_bytes=3 * line, backups=2)
+    for _ in range(2):
+        again.export(spans[:1])
+    assert path.stat().st_size == line
+    assert len(load_spans(tmp_path)) == 7
+
+
+def test_without_backups_a_full_span_file_starts_over(
+    spans: list[ReadableSpan], tmp_path: Path
+) -> None:
+    path = tmp_path / "x.jsonl"
+    exporter = OtlpJsonLinesExporter(path, max_bytes=1, backups=0)
+    for _ in range(3):
+        exporter.export(spans[:1])
+    assert [p.name for p in tmp_path.iterdir()] == ["x.jsonl"]
+    assert len(path.read_text().splitlines()) == 1
+
+
+def test_span_file_limits_come_from_the_environment(tmp_path: Path) -> None:
+    process = ProcessConfig(service="s", instance_id="s-1", run_dir=tmp_path)
+    config = TracingConfig.from_env(
+        process, {"TESTBED_SPAN_FILE_BYTES": "65536", "TESTBED_SPAN_FILE_BACKUPS": "1"}
+    )
+    assert (config.span_file_bytes, config.span_file_backups) == (65536, 1)
+    with pytest.raises(ConfigError, match="TESTBED_SPAN_FILE_BYTES"):
+        TracingConfig.from_env(process, {"TESTBED_SPAN_FILE_BYTES": "10"})
