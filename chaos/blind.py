@@ -1,0 +1,568 @@
+"""Locate a fault blind: from the telemetry of a run alone, with no injection time, no target.
+
+1. **RED series from spans.** Every SERVER span is an event of its *instance* (its self time,
+   whether an error started there); every hop (``observability.analysis.calls``) is an event of
+   its *link*, caller instance -> callee instance (time on the wire, whether the callee never
+   answered, whether the caller saw an error). Hops without a CLIENT span (the CDN and the
+   balancer forward requests) get the forwarding span's self time as their wire time. Events
+   are binned per second.
+2. **The anomaly window.** Each entity's per-second series is compared with that entity's own
+   level over the whole run (its median: a fault holds less than half of what is given) —
+   slow events, errors, unanswered calls (binomial surprise), calls that stopped arriving
+   (Poisson lower tail). Seconds where some entity is significantly off are alarms; the
+   largest cluster of alarms (gaps up to ``MERGE_GAP_S`` merged) is the window; what lies
+   outside it, less a margin, is the baseline.
+3. **Signals, normalised per entity.** For each instance and link, window against its own
+   baseline: the excess *fraction* of errors or unanswered calls, the added milliseconds per
+   request (self time, or time on the wire), the unexplained drop in calls (calls that stopped
+   arriving while their callers did not lose theirs). Each becomes a severity in [0, 1)
+   (``1 - exp(-x / scale)``), kept only where the count behind it is significant against the
+   entity's baseline. Nothing grows with volume: a busy service with a mild slowdown scores its
+   mildness, a quiet one with a severe fault its severity.
+4. **Suspects.** An instance's score is its strongest severity (plus a tenth of the others, to
+   break ties). Links into an instance where every caller with enough calls is anomalous merge
+   into the instance's ingress (its own network); otherwise each anomalous link is a suspect of
+   its own. A forwarding instance's errors and self time are its link's to its upstream.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from chaos.localize import REGISTER_ROUTE_SUFFIX, _server_spans, _ServerSpan, binomial_surprise
+from chaos.rcascore import Entity
+from observability.analysis import Call, assemble, calls, percentile
+from observability.spans import SpanKind, SpanRecord
+
+__all__ = ["BlindResult", "BlindSuspect", "BlindWindow", "localize_blind"]
+
+BIN_S = 1.0
+EXPORT_S = 1.0
+"""Spans reach the files one export interval after they end: added to the detection time."""
+ALARM = 4.0
+"""A second is an alarm when some entity's count there has ``p < 1e-4`` under its own level."""
+SIGNIFICANT = 3.0
+"""A signal counts when its window count has ``p < 0.001`` under the entity's baseline."""
+MERGE_GAP_S = 3
+MARGIN_S = 2
+MIN_BASELINE_S = 4
+MIN_EVENTS = 3
+MIN_CALLS_TO_VETO = 5
+"""A caller with fewer calls into an instance in the window cannot veto the merge into it."""
+SLOW_SCALE_MS = 100.0
+RATE_SCALE = 0.1
+DROP_SCALE = 0.3
+RESTART_SEVERITY = 0.5
+SLOW_FACTOR = 1.5
+SLOW_MARGIN_MS = 10.0
+RATE_FLOOR = 0.002
+TOP = 5
+
+
+@dataclass(frozen=True)
+class BlindWindow:
+    start_s: float
+    end_s: float
+    first_alarm_s: float
+    """When the first alarm second of the window could be known (its end plus an export)."""
+    alarms: int
+
+
+@dataclass(frozen=True)
+class BlindSuspect:
+    name: str
+    entity: Entity
+    where: str
+    score: float
+    evidence: tuple[str, ...]
+
+    @property
+    def match_key(self) -> Entity:
+        return self.entity
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.entity.kind,
+            "where": self.where,
+            "score": round(self.score, 3),
+            "evidence": list(self.evidence),
+        }
+
+
+@dataclass(frozen=True)
+class BlindResult:
+    window: BlindWindow | None
+    suspects: tuple[BlindSuspect, ...]
+    reason: str
+    spans: int
+
+    def to_json(self) -> dict[str, Any]:
+        w = self.window
+        return {
+            "window": None
+            if w is None
+            else {
+                "start": round(w.start_s, 3),
+                "end": round(w.end_s, 3),
+                "first_alarm": round(w.first_alarm_s, 3),
+                "alarm_seconds": w.alarms,
+            },
+            "reason": self.reason,
+            "spans": self.spans,
+            "suspects": [s.to_json() for s in self.suspects[:TOP]],
+        }
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Event:
+    t: float
+    bad_error: bool = False
+    lost: bool = False
+    ms: float | None = None
+    key: str = ""
+    """What ``ms`` is compared within (a route: self times differ per route)."""
+
+
+@dataclass
+class _Series:
+    entity: Entity
+    events: list[_Event] = field(default_factory=list)
+    callers: set[str] = field(default_factory=set)
+    forwarder: bool = False
+
+
+def _link_name(caller: str, callee: str) -> str:
+    return f"{caller}->{callee}"
+
+
+def _build(
+    spans: Sequence[SpanRecord],
+) -> tuple[dict[str, _Series], dict[str, _Series], list[tuple[float, str, str]]]:
+    traces = assemble(spans)
+    servers = _server_spans(traces)
+    by_id: dict[str, _ServerSpan] = {s.span.span_id: s for s in servers}
+    hops: list[Call] = calls(traces)
+    instances: dict[str, _Series] = {}
+    for s in servers:
+        inst = s.span.instance_id or s.span.service
+        series = instances.get(inst)
+        if series is None:
+            series = instances[inst] = _Series(Entity("instance", inst, s.span.service))
+        series.events.append(
+            _Event(
+                s.span.start_ns / 1e9,
+                bad_error=s.origin_error,
+                ms=s.self_ms,
+                key=s.span.name,
+            )
+        )
+    links: dict[str, _Series] = {}
+    forwarders: set[str] = set()
+    upstream_of: dict[str, Counter[str]] = defaultdict(Counter)
+    for c in hops:
+        callee = c.callee_instance or c.callee
+        name = _link_name(c.caller_instance, callee)
+        series = links.get(name)
+        if series is None:
+            series = links[name] = _Series(
+                Entity("link", callee, c.callee, c.caller_instance, c.caller)
+            )
+        if c.client is not None:
+            wire = c.wire_s
+            series.events.append(
+                _Event(
+                    c.start_ns / 1e9,
+                    bad_error=c.error and c.answered,
+                    lost=not c.answered,
+                    ms=None if wire is None else wire * 1000.0,
+                )
+            )
+        else:
+            assert c.server is not None
+            forwarders.add(c.caller_instance)
+            upstream_of[c.caller_instance][callee] += 1
+            parent = by_id.get(c.server.parent_span_id or "")
+            series.events.append(
+                _Event(c.start_ns / 1e9, ms=None if parent is None else parent.self_ms)
+            )
+            series.forwarder = True
+        if callee in instances:
+            instances[callee].callers.add(c.caller_instance)
+    # A forwarder's failed forwards leave no hop: its own errors are its link's.
+    for fwd in forwarders:
+        if fwd in instances and upstream_of[fwd]:
+            target = upstream_of[fwd].most_common(1)[0][0]
+            link = links[_link_name(fwd, target)]
+            link.events.extend(
+                _Event(e.t, bad_error=e.bad_error) for e in instances[fwd].events if e.bad_error
+            )
+            link.events.sort(key=lambda e: e.t)
+            instances[fwd].events = [e for e in instances[fwd].events if not e.bad_error]
+            instances[fwd].forwarder = True
+    return instances, links, _registrations(spans)
+
+
+def _registrations(spans: Iterable[SpanRecord]) -> list[tuple[float, str, str]]:
+    out = []
+    for span in spans:
+        route = str(span.attributes.get("http.route", ""))
+        code = span.attributes.get("http.response.status_code")
+        if (
+            span.kind is SpanKind.SERVER
+            and route.endswith(REGISTER_ROUTE_SUFFIX)
+            and span.attributes.get("http.request.method") == "PUT"
+            and isinstance(code, int)
+            and code < 400
+        ):
+            parts = str(span.attributes.get("url.path", "")).strip("/").split("/")
+            if len(parts) >= 2 and parts[-2] == "instances":
+                out.append((span.start_ns / 1e9, parts[-3] if len(parts) >= 3 else "", parts[-1]))
+    return out
+
+
+# -- statistics --------------------------------------------------------------------------------
+
+
+def _poisson_low(k: int, lam: float) -> float:
+    """``-log10 P(X <= k)`` for ``X ~ Poisson(lam)``: how surprising so few events are."""
+    if lam <= 0 or k >= lam:
+        return 0.0
+    terms = [-lam + i * math.log(lam) - math.lgamma(i + 1) for i in range(k + 1)]
+    top = max(terms)
+    log_cdf = top + math.log(sum(math.exp(t - top) for t in terms))
+    return max(0.0, -log_cdf / math.log(10))
+
+
+def _severity(x: float, scale: float) -> float:
+    return 0.0 if x <= 0 else 1.0 - math.exp(-x / scale)
+
+
+def _limits(events: Iterable[_Event]) -> dict[str, float]:
+    per: dict[str, list[float]] = defaultdict(list)
+    for e in events:
+        if e.ms is not None:
+            per[e.key].append(e.ms)
+    out = {}
+    for key, values in per.items():
+        p95 = percentile(values, 95)
+        if p95 is not None and len(values) >= 5:
+            out[key] = p95 * SLOW_FACTOR + SLOW_MARGIN_MS
+    return out
+
+
+def _medians(events: Iterable[_Event]) -> dict[str, float]:
+    per: dict[str, list[float]] = defaultdict(list)
+    for e in events:
+        if e.ms is not None:
+            per[e.key].append(e.ms)
+    return {k: statistics.median(v) for k, v in per.items() if len(v) >= 3}
+
+
+# -- the window --------------------------------------------------------------------------------
+
+
+def _bin_alarms(series: _Series, t0: float, bins: int) -> list[float]:
+    """Per second: how surprising that second is for this entity against its own level."""
+    per_bin: list[list[_Event]] = [[] for _ in range(bins)]
+    for e in series.events:
+        i = int((e.t - t0) // BIN_S)
+        if 0 <= i < bins:
+            per_bin[i].append(e)
+    counts = [len(b) for b in per_bin]
+    level = statistics.median(counts) if counts else 0.0
+    total = max(1, sum(counts))
+    limits = _limits(series.events)
+    # The entity's own rates over the whole run: a fault holds less than half of it.
+    err_rate = max(RATE_FLOOR, statistics.median(_rates(per_bin, lambda e: e.bad_error)))
+    lost_rate = max(RATE_FLOOR, statistics.median(_rates(per_bin, lambda e: e.lost)))
+    slow_rate = max(
+        RATE_FLOOR,
+        statistics.median(
+            _rates(per_bin, lambda e: e.ms is not None and e.ms > limits.get(e.key, math.inf))
+        ),
+    )
+    del total
+    out = []
+    for b, n in zip(per_bin, counts, strict=True):
+        s = 0.0
+        if n:
+            errs = sum(e.bad_error for e in b)
+            lost = sum(e.lost for e in b)
+            slow = sum(e.ms is not None and e.ms > limits.get(e.key, math.inf) for e in b)
+            for k, p in ((errs, err_rate), (lost, lost_rate), (slow, slow_rate)):
+                if k >= 2 and k / n > p:
+                    s = max(s, binomial_surprise(k, n, p))
+        if level >= 3:
+            s = max(s, _poisson_low(n, level))
+        out.append(s)
+    return out
+
+
+def _rates(per_bin: Sequence[Sequence[_Event]], bad: Any) -> list[float]:
+    rates = [sum(bool(bad(e)) for e in b) / len(b) for b in per_bin if b]
+    return rates or [0.0]
+
+
+def _window(all_series: Sequence[_Series], t0: float, bins: int) -> tuple[list[int], list[float]]:
+    worst = [0.0] * bins
+    for series in all_series:
+        for i, s in enumerate(_bin_alarms(series, t0, bins)):
+            worst[i] = max(worst[i], s)
+    alarms = [i for i, s in enumerate(worst) if s >= ALARM]
+    return alarms, worst
+
+
+def _clusters(alarms: Sequence[int]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for i in alarms:
+        if out and i - out[-1][-1] <= MERGE_GAP_S:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+# -- signals -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Signal:
+    kind: str
+    severity: float
+    text: str
+
+
+def _split(
+    events: Sequence[_Event], win: tuple[float, float], margin: float
+) -> tuple[list[_Event], list[_Event]]:
+    lo, hi = win
+    inside = [e for e in events if lo <= e.t < hi]
+    base = [e for e in events if e.t < lo - margin or e.t >= hi + margin]
+    return inside, base
+
+
+def _rate_signal(
+    kind: str, what: str, inside: Sequence[_Event], base: Sequence[_Event], bad: Any
+) -> _Signal | None:
+    k = sum(bool(bad(e)) for e in inside)
+    n = len(inside)
+    if n == 0 or k < MIN_EVENTS:
+        return None
+    kb = sum(bool(bad(e)) for e in base)
+    p0 = max(RATE_FLOOR, (kb + 0.5) / (len(base) + 1.0))
+    excess = k / n - kb / max(1, len(base))
+    if binomial_surprise(k, n, p0) < SIGNIFICANT or excess <= 0:
+        return None
+    return _Signal(
+        kind,
+        _severity(excess, RATE_SCALE),
+        f"{k} of {n} {what} ({k / n:.0%}; baseline {kb}/{len(base)})",
+    )
+
+
+def _slow_signal(
+    kind: str, what: str, inside: Sequence[_Event], base: Sequence[_Event]
+) -> _Signal | None:
+    limits = _limits(base)
+    medians = _medians(base)
+    judged = [e for e in inside if e.ms is not None and e.key in limits and e.key in medians]
+    if len(judged) < MIN_EVENTS:
+        return None
+    slow = sum(e.ms is not None and e.ms > limits[e.key] for e in judged)
+    base_judged = [e for e in base if e.ms is not None and e.key in limits]
+    base_slow = sum(e.ms is not None and e.ms > limits[e.key] for e in base_judged)
+    p0 = max(RATE_FLOOR, (base_slow + 0.5) / (len(base_judged) + 1.0))
+    if slow < MIN_EVENTS or binomial_surprise(slow, len(judged), p0) < SIGNIFICANT:
+        return None
+    added = statistics.fmean(max(0.0, (e.ms or 0.0) - medians[e.key]) for e in judged)
+    before = statistics.median([e.ms for e in base_judged if e.ms is not None])
+    during = statistics.median([e.ms for e in judged if e.ms is not None])
+    return _Signal(
+        kind,
+        _severity(added, SLOW_SCALE_MS),
+        f"{slow} of {len(judged)} {what} slow; +{added:.0f} ms per request "
+        f"(median {before:.0f} ms before, {during:.0f} ms during)",
+    )
+
+
+def _drop(
+    inside: Sequence[_Event], base: Sequence[_Event], win_s: float, base_s: float
+) -> tuple[float, float]:
+    """(fraction of the expected calls that did not come, surprise of so few)."""
+    if base_s <= 0:
+        return 0.0, 0.0
+    expected = len(base) / base_s * win_s
+    if expected < MIN_EVENTS:
+        return 0.0, 0.0
+    return max(0.0, 1.0 - len(inside) / expected), _poisson_low(len(inside), expected)
+
+
+# -- the entry point ---------------------------------------------------------------------------
+
+
+def localize_blind(spans: Sequence[SpanRecord]) -> BlindResult:
+    """Find the anomaly window in ``spans`` and rank suspects (instances and links) for it."""
+    if len(spans) < 50:
+        return BlindResult(
+            None, (), f"too few spans ({len(spans)}; at least 50 needed)", len(spans)
+        )
+    t0 = min(s.start_ns for s in spans) / 1e9
+    t1 = max(s.start_ns for s in spans) / 1e9
+    bins = max(1, int((t1 - t0) // BIN_S) + 1)
+    instances, links, registrations = _build(spans)
+    alarms, worst = _window([*instances.values(), *links.values()], t0, bins)
+    if not alarms:
+        return BlindResult(
+            None,
+            (),
+            f"no anomaly: no second deviates (worst -log10 p {max(worst):.1f} < {ALARM:g})",
+            len(spans),
+        )
+    cluster = max(_clusters(alarms), key=lambda c: (sum(worst[i] for i in c), -c[0]))
+    win = (t0 + cluster[0] * BIN_S, t0 + (cluster[-1] + 1) * BIN_S)
+    window = BlindWindow(win[0], win[1], win[0] + BIN_S + EXPORT_S, len(cluster))
+    win_s = win[1] - win[0]
+    base_s = max(0.0, (win[0] - MARGIN_S - t0)) + max(0.0, (t1 - win[1] - MARGIN_S))
+    if base_s < MIN_BASELINE_S:
+        return BlindResult(
+            window, (), f"the window leaves under {MIN_BASELINE_S} s of baseline", len(spans)
+        )
+
+    signals: dict[str, list[_Signal]] = defaultdict(list)
+    drops: dict[str, float] = {}
+    for name, series in instances.items():
+        inside, base = _split(series.events, win, MARGIN_S)
+        sigs = signals[name]
+        if s := _rate_signal("errors", "requests failed here", inside, base, lambda e: e.bad_error):
+            sigs.append(s)
+        if s := _slow_signal("slow-self", "requests", inside, base):
+            sigs.append(s)
+        frac, surprise = _drop(inside, base, win_s, base_s)
+        drops[name] = frac
+        if surprise >= SIGNIFICANT:
+            sigs.append(_Signal("missing", frac, f"{frac:.0%} of the expected requests never came"))
+    link_signals: dict[str, list[_Signal]] = defaultdict(list)
+    for name, series in links.items():
+        inside, base = _split(series.events, win, MARGIN_S)
+        sigs = link_signals[name]
+        if s := _rate_signal("no-answer", "calls got no answer", inside, base, lambda e: e.lost):
+            sigs.append(s)
+        if s := _rate_signal("errors", "calls failed", inside, base, lambda e: e.bad_error):
+            sigs.append(s)
+        if s := _slow_signal("slow-wire", "calls", inside, base):
+            sigs.append(s)
+        frac, surprise = _drop(inside, base, win_s, base_s)
+        caller_drop = drops.get(series.entity.caller_instance, 0.0)
+        if surprise >= SIGNIFICANT and frac - caller_drop > 0.2:
+            sigs.append(
+                _Signal(
+                    "missing",
+                    _severity(frac - caller_drop, DROP_SCALE),
+                    f"{frac:.0%} of the expected calls never came (caller lost {caller_drop:.0%})",
+                )
+            )
+    # Calls into an instance that stopped arriving, while its callers did not lose theirs.
+    for name, sigs in signals.items():
+        for s in sigs:
+            if s.kind == "missing":
+                callers = instances[name].callers
+                explained = max((drops.get(c, 0.0) for c in callers), default=0.0)
+                s.severity = _severity(s.severity - explained, DROP_SCALE)
+        signals[name] = [s for s in sigs if s.severity > 0.05]
+    for ts, _, inst in registrations:
+        if win[0] - MARGIN_S <= ts < win[1] + MARGIN_S and inst in instances:
+            signals[inst].append(
+                _Signal("restart", RESTART_SEVERITY, "registered again (a restart)")
+            )
+
+    suspects = _suspects(instances, links, signals, link_signals, win)
+    if not suspects:
+        return BlindResult(
+            window, (), "a window was found but no entity deviates in it", len(spans)
+        )
+    return BlindResult(window, tuple(suspects), f"{len(suspects)} suspects", len(spans))
+
+
+def _score(sigs: Sequence[_Signal]) -> float:
+    sev = sorted((s.severity for s in sigs), reverse=True)
+    return sev[0] + 0.1 * sum(sev[1:]) if sev else 0.0
+
+
+def _suspects(
+    instances: Mapping[str, _Series],
+    links: Mapping[str, _Series],
+    signals: Mapping[str, list[_Signal]],
+    link_signals: Mapping[str, list[_Signal]],
+    win: tuple[float, float],
+) -> list[BlindSuspect]:
+    out: list[BlindSuspect] = []
+    into: dict[str, list[str]] = defaultdict(list)
+    for name, series in links.items():
+        into[series.entity.instance].append(name)
+    merged: set[str] = set()
+    for callee, names in into.items():
+        anomalous = [n for n in names if link_signals.get(n)]
+        if not anomalous or callee not in instances:
+            continue
+        vetoes = [
+            n
+            for n in names
+            if not link_signals.get(n)
+            and sum(win[0] <= e.t < win[1] for e in links[n].events) >= MIN_CALLS_TO_VETO
+        ]
+        if vetoes or (links[anomalous[0]].forwarder and len(anomalous) < len(names)):
+            continue
+        merged.update(anomalous)
+    for name, series in instances.items():
+        sigs = list(signals.get(name, []))
+        net = [s for n in into.get(name, []) if n in merged for s in link_signals[n]]
+        if net:
+            per_kind: dict[str, list[float]] = defaultdict(list)
+            for n in into[name]:
+                if n in merged:
+                    for s in link_signals[n]:
+                        per_kind[s.kind].append(s.severity)
+            # Per caller, not per call: the median caller's severity of each kind.
+            sigs.extend(
+                _Signal(f"ingress-{k}", statistics.median(v), f"{len(v)} callers: {k}")
+                for k, v in per_kind.items()
+            )
+            sigs.extend(_Signal(s.kind, 0.0, s.text) for s in net)
+        if not sigs or _score(sigs) <= 0:
+            continue
+        inside_net = max((s.severity for s in sigs if s.kind.startswith("ingress")), default=0.0)
+        inside_svc = max(
+            (s.severity for s in sigs if not s.kind.startswith("ingress")), default=0.0
+        )
+        out.append(
+            BlindSuspect(
+                name,
+                series.entity,
+                "network" if inside_net > inside_svc else "in-service",
+                _score(sigs),
+                tuple(f"{s.kind}: {s.text} [{s.severity:.2f}]" for s in sigs if s.severity > 0),
+            )
+        )
+    for name, sigs in link_signals.items():
+        if name in merged or not sigs:
+            continue
+        out.append(
+            BlindSuspect(
+                name,
+                links[name].entity,
+                "network",
+                _score(sigs),
+                tuple(f"{s.kind}: {s.text} [{s.severity:.2f}]" for s in sigs),
+            )
+        )
+    out.sort(key=lambda s: (-s.score, s.name))
+    return out
