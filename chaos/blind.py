@@ -44,8 +44,11 @@ __all__ = ["BlindResult", "BlindSuspect", "BlindWindow", "localize_blind"]
 BIN_S = 1.0
 EXPORT_S = 1.0
 """Spans reach the files one export interval after they end: added to the detection time."""
-ALARM = 4.0
-"""A second is an alarm when some entity's count there has ``p < 1e-4`` under its own level."""
+ALARM = 5.0
+"""A second is an alarm when some entity's count around it has ``p < 1e-5`` under its own level
+(strict: every entity is scanned at every second and scale)."""
+SCALES_S = (1, 3, 6)
+ALARM_RATE_FLOOR = 0.01
 SIGNIFICANT = 3.0
 """A signal counts when its window count has ``p < 0.001`` under the entity's baseline."""
 MERGE_GAP_S = 3
@@ -61,6 +64,8 @@ RESTART_SEVERITY = 0.5
 SLOW_FACTOR = 1.5
 SLOW_MARGIN_MS = 10.0
 RATE_FLOOR = 0.002
+ROBUST_FACTOR = 3.0
+ROBUST_MARGIN_MS = 20.0
 TOP = 5
 
 
@@ -130,6 +135,7 @@ class _Event:
     ms: float | None = None
     key: str = ""
     """What ``ms`` is compared within (a route: self times differ per route)."""
+    span_id: str = ""
 
 
 @dataclass
@@ -163,10 +169,12 @@ def _build(
                 bad_error=s.origin_error,
                 ms=s.self_ms,
                 key=s.span.name,
+                span_id=s.span.span_id,
             )
         )
     links: dict[str, _Series] = {}
     forwarders: set[str] = set()
+    forwarded: set[str] = set()
     upstream_of: dict[str, Counter[str]] = defaultdict(Counter)
     for c in hops:
         callee = c.callee_instance or c.callee
@@ -191,13 +199,14 @@ def _build(
             forwarders.add(c.caller_instance)
             upstream_of[c.caller_instance][callee] += 1
             parent = by_id.get(c.server.parent_span_id or "")
+            forwarded.add(c.server.parent_span_id or "")
             series.events.append(
                 _Event(c.start_ns / 1e9, ms=None if parent is None else parent.self_ms)
             )
             series.forwarder = True
         if callee in instances:
             instances[callee].callers.add(c.caller_instance)
-    # A forwarder's failed forwards leave no hop: its own errors are its link's.
+    # A forwarder's failed forwards leave no hop: its errors are its link's.
     for fwd in forwarders:
         if fwd in instances and upstream_of[fwd]:
             target = upstream_of[fwd].most_common(1)[0][0]
@@ -206,7 +215,10 @@ def _build(
                 _Event(e.t, bad_error=e.bad_error) for e in instances[fwd].events if e.bad_error
             )
             link.events.sort(key=lambda e: e.t)
-            instances[fwd].events = [e for e in instances[fwd].events if not e.bad_error]
+            # Its forwarded requests' time is the link's too: the PoP's own are the rest.
+            instances[fwd].events = [
+                e for e in instances[fwd].events if not e.bad_error and e.span_id not in forwarded
+            ]
             instances[fwd].forwarder = True
     return instances, links, _registrations(spans)
 
@@ -259,6 +271,11 @@ def _limits(events: Iterable[_Event]) -> dict[str, float]:
     return out
 
 
+def _robust_limits(events: Iterable[_Event]) -> dict[str, float]:
+    """Slow thresholds from the median, which a fault holding under half the run cannot move."""
+    return {k: m * ROBUST_FACTOR + ROBUST_MARGIN_MS for k, m in _medians(events).items()}
+
+
 def _medians(events: Iterable[_Event]) -> dict[str, float]:
     per: dict[str, list[float]] = defaultdict(list)
     for e in events:
@@ -271,39 +288,48 @@ def _medians(events: Iterable[_Event]) -> dict[str, float]:
 
 
 def _bin_alarms(series: _Series, t0: float, bins: int) -> list[float]:
-    """Per second: how surprising that second is for this entity against its own level."""
+    """Per second: how surprising the entity's events around it are against its own level.
+
+    Scanned at several scales (``SCALES_S`` seconds), since a quiet entity (one call a
+    second) needs a few seconds before a handful of bad calls means anything.
+    """
     per_bin: list[list[_Event]] = [[] for _ in range(bins)]
     for e in series.events:
         i = int((e.t - t0) // BIN_S)
         if 0 <= i < bins:
             per_bin[i].append(e)
+    limits = _robust_limits(series.events)
+
+    def slow(e: _Event) -> bool:
+        return e.ms is not None and e.ms > limits.get(e.key, math.inf)
+
+    tests: list[tuple[list[int], float]] = []
+    for bad in (lambda e: e.bad_error, lambda e: e.lost, slow):
+        marks = [sum(bool(bad(e)) for e in b) for b in per_bin]
+        # The entity's own rate over the whole run: a fault holds less than half of it.
+        tests.append((marks, max(ALARM_RATE_FLOOR, statistics.median(_rates(per_bin, bad)))))
     counts = [len(b) for b in per_bin]
     level = statistics.median(counts) if counts else 0.0
-    total = max(1, sum(counts))
-    limits = _limits(series.events)
-    # The entity's own rates over the whole run: a fault holds less than half of it.
-    err_rate = max(RATE_FLOOR, statistics.median(_rates(per_bin, lambda e: e.bad_error)))
-    lost_rate = max(RATE_FLOOR, statistics.median(_rates(per_bin, lambda e: e.lost)))
-    slow_rate = max(
-        RATE_FLOOR,
-        statistics.median(
-            _rates(per_bin, lambda e: e.ms is not None and e.ms > limits.get(e.key, math.inf))
-        ),
-    )
-    del total
-    out = []
-    for b, n in zip(per_bin, counts, strict=True):
-        s = 0.0
-        if n:
-            errs = sum(e.bad_error for e in b)
-            lost = sum(e.lost for e in b)
-            slow = sum(e.ms is not None and e.ms > limits.get(e.key, math.inf) for e in b)
-            for k, p in ((errs, err_rate), (lost, lost_rate), (slow, slow_rate)):
-                if k >= 2 and k / n > p:
-                    s = max(s, binomial_surprise(k, n, p))
-        if level >= 3:
-            s = max(s, _poisson_low(n, level))
-        out.append(s)
+    out = [0.0] * bins
+    for scale in SCALES_S:
+        for i in range(0, max(1, bins - scale + 1)):
+            span = range(i, min(bins, i + scale))
+            n = sum(counts[j] for j in span)
+            # The surprise goes to the seconds that hold the bad events (or the missing
+            # ones), so the window starts where the change does, not a scale earlier.
+            if n:
+                for marks, p in tests:
+                    k = sum(marks[j] for j in span)
+                    if k >= MIN_EVENTS and k / n > p:
+                        s = binomial_surprise(k, n, p)
+                        for j in span:
+                            if marks[j]:
+                                out[j] = max(out[j], s)
+            if level * scale >= MIN_EVENTS:
+                s = _poisson_low(n, level * scale)
+                for j in span:
+                    if counts[j] < level:
+                        out[j] = max(out[j], s)
     return out
 
 
@@ -417,7 +443,7 @@ def localize_blind(spans: Sequence[SpanRecord]) -> BlindResult:
         )
     t0 = min(s.start_ns for s in spans) / 1e9
     t1 = max(s.start_ns for s in spans) / 1e9
-    bins = max(1, int((t1 - t0) // BIN_S) + 1)
+    bins = max(1, int((t1 - t0) // BIN_S))  # whole seconds only: a last partial one looks quiet
     instances, links, registrations = _build(spans)
     alarms, worst = _window([*instances.values(), *links.values()], t0, bins)
     if not alarms:
