@@ -32,14 +32,22 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from chaos.localize import REGISTER_ROUTE_SUFFIX, _server_spans, _ServerSpan, binomial_surprise
 from chaos.rcascore import Entity
 from observability.analysis import Call, assemble, calls, percentile
-from observability.spans import SpanKind, SpanRecord
+from observability.spans import SpanKind, SpanRecord, load_spans
 
-__all__ = ["BlindResult", "BlindSuspect", "BlindWindow", "localize_blind"]
+__all__ = [
+    "BlindResult",
+    "BlindSuspect",
+    "BlindWindow",
+    "blind_localization_run",
+    "blind_section",
+    "localize_blind",
+]
 
 BIN_S = 1.0
 EXPORT_S = 1.0
@@ -592,3 +600,99 @@ def _suspects(
         )
     out.sort(key=lambda s: (-s.score, s.name))
     return out
+
+
+# -- an experiment's journal section -----------------------------------------------------------
+
+FRAME_LEAD_S = 10.0
+"""The telemetry handed over starts this long before the method (the quiet run-up)."""
+FRAME_TAIL_S = 3.0
+
+
+def _frame(journal: Mapping[str, Any]) -> tuple[float, float] | None:
+    """The run's method, as the timeline has it (the experiment's frame, not a fault's)."""
+    phases = {p.get("phase"): p for p in journal.get("timeline", [])}
+    method = phases.get("method")
+    if method is None or method.get("start") is None:
+        return None
+    start = float(method["start"]) - FRAME_LEAD_S
+    warmup = phases.get("warmup")
+    if warmup is not None and warmup.get("start") is not None:
+        start = max(start, float(warmup["start"]) + 3.0)  # not the load's ramp-up
+    end = method.get("end") or journal.get("ended_at")
+    if end is None:
+        return None
+    return start, float(end) + FRAME_TAIL_S
+
+
+def blind_section(journal: Mapping[str, Any], spans: Sequence[SpanRecord]) -> dict[str, Any] | None:
+    """The journal's ``blind_localization``: the spans of the method alone, located blind.
+
+    The journal gives the frame (the method's start and end) and, afterwards, the truth to
+    score against; nothing of it reaches ``localize_blind``.
+    """
+    from chaos.rcascore import rank_of, truth_from_units
+
+    applied = [f for f in journal.get("faults", []) if f.get("applied_at") is not None]
+    frame = _frame(journal)
+    if not applied or frame is None:
+        return None
+    lo, hi = int(frame[0] * 1e9), int(frame[1] * 1e9)
+    result = localize_blind([s for s in spans if lo <= s.start_ns < hi])
+    suspects = [
+        {
+            "component": s.name,
+            "service": s.entity.service,
+            "where": s.where,
+            "score": round(s.score, 3),
+            "evidence": list(s.evidence),
+        }
+        for s in result.suspects[:TOP]
+    ]
+    reason = result.reason
+    if result.window is not None:
+        w = result.window
+        reason = (
+            f"anomaly window found {w.start_s - frame[0]:.0f}-{w.end_s - frame[0]:.0f} s into "
+            f"the telemetry given ({frame[1] - frame[0]:.0f} s); {reason}"
+        )
+    faults = []
+    for entry in applied:
+        truth = truth_from_units(str(entry.get("target", "")), entry.get("units", []))
+        rank = rank_of([s.entity for s in result.suspects], truth)
+        located = (
+            "undetermined"
+            if not result.suspects
+            else ("no (absent)" if rank is None else f"{'yes' if rank == 1 else 'no'} (#{rank})")
+        )
+        faults.append(
+            {
+                "fault_id": entry.get("id"),
+                "type": entry.get("type"),
+                "truth": {
+                    "target": entry.get("target"),
+                    "instances": sorted(truth.instances),
+                    "links": [truth.describe()] if truth.kind == "link" else [],
+                },
+                "status": "located" if rank == 1 else "not_located",
+                "located": located,
+                "rank": rank,
+                "reason": reason,
+                "suspects": suspects,
+            }
+        )
+    first = sum(f["rank"] == 1 for f in faults)
+    return {
+        "frame": {"start": frame[0], "end": frame[1]},
+        "window": result.to_json()["window"],
+        "faults": faults,
+        "headline": faults[0]["located"] if len(faults) == 1 else f"{first}/{len(faults)} #1",
+    }
+
+
+def blind_localization_run(run_dir: Path, journal: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``blind_section`` over the run folder's span files (blocking I/O)."""
+    traces = run_dir / "traces"
+    if not traces.is_dir() or not any(traces.glob("*.jsonl")):
+        return None
+    return blind_section(journal, load_spans(run_dir))
