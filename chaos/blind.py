@@ -55,6 +55,8 @@ EXPORT_S = 1.0
 ALARM = 5.0
 """A second is an alarm when some entity's count around it has ``p < 1e-5`` under its own level
 (strict: every entity is scanned at every second and scale)."""
+WEAK_ALARM = 3.0
+"""Seconds after a window's alarms (or the one before) join it from this (``p < 0.001``)."""
 SCALES_S = (1, 3, 6)
 ALARM_RATE_FLOOR = 0.01
 SIGNIFICANT = 3.0
@@ -355,6 +357,22 @@ def _window(all_series: Sequence[_Series], t0: float, bins: int) -> tuple[list[i
     return alarms, worst
 
 
+def _extend(cluster: list[int], worst: Sequence[float]) -> list[int]:
+    """Grow a cluster of alarms over weaker ones nearby (hysteresis): a sparse fault's seconds
+    are not all alarms, and what it leaves out would count as its baseline."""
+    lo, hi = cluster[0], cluster[-1]
+    while True:
+        before = [i for i in range(max(0, lo - 1), lo) if worst[i] >= WEAK_ALARM]
+        after = [
+            i
+            for i in range(hi + 1, min(len(worst), hi + 1 + MERGE_GAP_S))
+            if worst[i] >= WEAK_ALARM
+        ]
+        if not before and not after:
+            return list(range(lo, hi + 1))
+        lo, hi = (before[0] if before else lo), (after[-1] if after else hi)
+
+
 def _clusters(alarms: Sequence[int]) -> list[list[int]]:
     out: list[list[int]] = []
     for i in alarms:
@@ -461,9 +479,12 @@ def localize_blind(spans: Sequence[SpanRecord]) -> BlindResult:
             f"no anomaly: no second deviates (worst -log10 p {max(worst):.1f} < {ALARM:g})",
             len(spans),
         )
-    cluster = max(_clusters(alarms), key=lambda c: (sum(worst[i] for i in c), -c[0]))
+    cluster = _extend(
+        max(_clusters(alarms), key=lambda c: (sum(worst[i] for i in c), -c[0])), worst
+    )
     win = (t0 + cluster[0] * BIN_S, t0 + (cluster[-1] + 1) * BIN_S)
-    window = BlindWindow(win[0], win[1], win[0] + BIN_S + EXPORT_S, len(cluster))
+    first = min(i for i in cluster if worst[i] >= ALARM)
+    window = BlindWindow(win[0], win[1], t0 + (first + 1) * BIN_S + EXPORT_S, len(cluster))
     win_s = win[1] - win[0]
     base_s = max(0.0, (win[0] - MARGIN_S - t0)) + max(0.0, (t1 - win[1] - MARGIN_S))
     if base_s < MIN_BASELINE_S:
