@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import random
 import time
@@ -193,7 +194,8 @@ def bench_cases(*, quick: bool = False, only: Sequence[str] = ()) -> list[Case]:
     unknown = [n for n in names if n not in by_name]
     if unknown:
         raise ValueError(f"no bench case {', '.join(unknown)}; known: {', '.join(by_name)}")
-    return [by_name[n] for n in names]
+    # A short run shares one stack: a stack per family costs more than the cases themselves.
+    return [dataclasses.replace(by_name[n], group="quick") for n in names]
 
 
 # -- running -------------------------------------------------------------------------------------
