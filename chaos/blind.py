@@ -52,12 +52,15 @@ __all__ = [
 BIN_S = 1.0
 EXPORT_S = 1.0
 """Spans reach the files one export interval after they end: added to the detection time."""
-ALARM = 5.0
+ALARM = 8.0
 """A second is an alarm when some entity's count around it has ``p < 1e-5`` under its own level
 (strict: every entity is scanned at every second and scale)."""
-WEAK_ALARM = 3.0
+WEAK_ALARM = 5.0
 """Seconds after a window's alarms (or the one before) join it from this (``p < 0.001``)."""
 SCALES_S = (1, 3, 6)
+MAX_EVIDENCE = 20.0
+SPREAD_FREE = 3
+"""Up to this many places may be off in the same second before it counts as host-wide."""
 ALARM_RATE_FLOOR = 0.01
 SIGNIFICANT = 3.0
 """A signal counts when its window count has ``p < 0.001`` under the entity's baseline."""
@@ -65,6 +68,8 @@ MERGE_GAP_S = 3
 MARGIN_S = 2
 MIN_BASELINE_S = 4
 MIN_EVENTS = 3
+SCAN_MIN_EVENTS = 2
+"""Two bad calls in a few seconds may start a window (a place sums its links' evidence)."""
 MIN_CALLS_TO_VETO = 5
 """A caller with fewer calls into an instance in the window cannot veto the merge into it."""
 SLOW_SCALE_MS = 100.0
@@ -297,12 +302,17 @@ def _medians(events: Iterable[_Event]) -> dict[str, float]:
 # -- the window --------------------------------------------------------------------------------
 
 
-def _bin_alarms(series: _Series, t0: float, bins: int) -> list[float]:
-    """Per second: how surprising the entity's events around it are against its own level.
+@dataclass
+class _Binned:
+    counts: list[int]
+    marks: dict[str, list[int]]
+    """Per kind of bad event (error, lost, slow): how many per second."""
+    rates: dict[str, float]
+    timed: list[int]
+    """Events per second whose time was judged (slow or not)."""
 
-    Scanned at several scales (``SCALES_S`` seconds), since a quiet entity (one call a
-    second) needs a few seconds before a handful of bad calls means anything.
-    """
+
+def _binned(series: _Series, t0: float, bins: int) -> _Binned:
     per_bin: list[list[_Event]] = [[] for _ in range(bins)]
     for e in series.events:
         i = int((e.t - t0) // BIN_S)
@@ -313,32 +323,54 @@ def _bin_alarms(series: _Series, t0: float, bins: int) -> list[float]:
     def slow(e: _Event) -> bool:
         return e.ms is not None and e.ms > limits.get(e.key, math.inf)
 
-    tests: list[tuple[list[int], float]] = []
-    for bad in (lambda e: e.bad_error, lambda e: e.lost, slow):
-        marks = [sum(bool(bad(e)) for e in b) for b in per_bin]
+    kinds: dict[str, Any] = {"error": lambda e: e.bad_error, "lost": lambda e: e.lost, "slow": slow}
+    return _Binned(
+        counts=[len(b) for b in per_bin],
+        marks={k: [sum(bool(bad(e)) for e in b) for b in per_bin] for k, bad in kinds.items()},
         # The entity's own rate over the whole run: a fault holds less than half of it.
-        tests.append((marks, max(ALARM_RATE_FLOOR, statistics.median(_rates(per_bin, bad)))))
-    counts = [len(b) for b in per_bin]
-    level = statistics.median(counts) if counts else 0.0
+        rates={
+            k: max(ALARM_RATE_FLOOR, statistics.median(_rates(per_bin, bad)))
+            for k, bad in kinds.items()
+        },
+        timed=[sum(e.ms is not None and e.key in limits for e in b) for b in per_bin],
+    )
+
+
+def _bin_alarms(b: _Binned, host_slow: Sequence[int], host_timed: Sequence[int]) -> list[float]:
+    """Per second: how surprising the entity's events around it are against its own level.
+
+    Scanned at several scales (``SCALES_S`` seconds), since a quiet entity (one call a
+    second) needs a few seconds before a handful of bad calls means anything. Slowness is
+    judged against the rest of the host in the same seconds too (``host_*``: every entity's
+    slow and timed events): when the two shared cores stall, everything is slow at once.
+    """
+    bins = len(b.counts)
+    level = statistics.median(b.counts) if b.counts else 0.0
     out = [0.0] * bins
     for scale in SCALES_S:
         for i in range(0, max(1, bins - scale + 1)):
             span = range(i, min(bins, i + scale))
-            n = sum(counts[j] for j in span)
-            # The surprise goes to the seconds that hold the bad events (or the missing
-            # ones), so the window starts where the change does, not a scale earlier.
+            n = sum(b.counts[j] for j in span)
+            # The surprise goes to the seconds from the first bad event to the last (or the
+            # missing ones), so the window starts where the change does, not a scale earlier.
             if n:
-                for marks, p in tests:
+                for kind, marks in b.marks.items():
                     k = sum(marks[j] for j in span)
-                    if k >= MIN_EVENTS and k / n > p:
+                    p = b.rates[kind]
+                    if kind == "slow":
+                        others_slow = sum(host_slow[j] - marks[j] for j in span)
+                        others = sum(host_timed[j] - b.timed[j] for j in span)
+                        if others >= MIN_EVENTS:
+                            p = max(p, others_slow / others)
+                    if k >= SCAN_MIN_EVENTS and k / n > p:
                         s = binomial_surprise(k, n, p)
-                        for j in span:
-                            if marks[j]:
-                                out[j] = max(out[j], s)
+                        marked = [j for j in span if marks[j]]
+                        for j in range(marked[0], marked[-1] + 1):
+                            out[j] = max(out[j], s)
             if level * scale >= MIN_EVENTS:
                 s = _poisson_low(n, level * scale)
                 for j in span:
-                    if counts[j] < level:
+                    if b.counts[j] < level:
                         out[j] = max(out[j], s)
     return out
 
@@ -349,10 +381,26 @@ def _rates(per_bin: Sequence[Sequence[_Event]], bad: Any) -> list[float]:
 
 
 def _window(all_series: Sequence[_Series], t0: float, bins: int) -> tuple[list[int], list[float]]:
+    """Per second, the strongest evidence about one place, and the alarm seconds.
+
+    Evidence is summed per *place*: an instance with the links into it (a fault there shows
+    on both sides: its own silence, its callers' failed calls). A second where many places
+    are off at once is discounted by their number: the host stalled (two shared cores), or
+    the load moved, rather than one component failing.
+    """
+    binned = [(series, _binned(series, t0, bins)) for series in all_series]
+    host_slow = [sum(b.marks["slow"][i] for _, b in binned) for i in range(bins)]
+    host_timed = [sum(b.timed[i] for _, b in binned) for i in range(bins)]
+    per_place: dict[str, list[float]] = {}
+    for series, b in binned:
+        place = per_place.setdefault(series.entity.instance, [0.0] * bins)
+        for i, s in enumerate(_bin_alarms(b, host_slow, host_timed)):
+            place[i] += min(s, MAX_EVIDENCE)
     worst = [0.0] * bins
-    for series in all_series:
-        for i, s in enumerate(_bin_alarms(series, t0, bins)):
-            worst[i] = max(worst[i], s)
+    for i in range(bins):
+        values = [v[i] for v in per_place.values()]
+        spread = sum(v >= WEAK_ALARM for v in values)
+        worst[i] = max(values, default=0.0) / max(1, spread - SPREAD_FREE + 1)
     alarms = [i for i, s in enumerate(worst) if s >= ALARM]
     return alarms, worst
 
@@ -398,7 +446,7 @@ def _split(
 ) -> tuple[list[_Event], list[_Event]]:
     lo, hi = win
     inside = [e for e in events if lo <= e.t < hi]
-    base = [e for e in events if e.t < lo - margin or e.t >= hi + margin]
+    base = [e for e in events if e.t < lo - margin]
     return inside, base
 
 
@@ -486,7 +534,9 @@ def localize_blind(spans: Sequence[SpanRecord]) -> BlindResult:
     first = min(i for i in cluster if worst[i] >= ALARM)
     window = BlindWindow(win[0], win[1], t0 + (first + 1) * BIN_S + EXPORT_S, len(cluster))
     win_s = win[1] - win[0]
-    base_s = max(0.0, (win[0] - MARGIN_S - t0)) + max(0.0, (t1 - win[1] - MARGIN_S))
+    # The baseline is what came before the change: after it, a fault may linger (a restarted
+    # instance warming up, a queue draining) and would count as normal.
+    base_s = max(0.0, win[0] - MARGIN_S - t0)
     if base_s < MIN_BASELINE_S:
         return BlindResult(
             window, (), f"the window leaves under {MIN_BASELINE_S} s of baseline", len(spans)
