@@ -396,6 +396,11 @@ def _window(all_series: Sequence[_Series], t0: float, bins: int) -> tuple[list[i
         place = per_place.setdefault(series.entity.instance, [0.0] * bins)
         for i, s in enumerate(_bin_alarms(b, host_slow, host_timed)):
             place[i] += min(s, MAX_EVIDENCE)
+    # A fault is a change: a place off all along (a recovery loop's storm of calls, a chronic
+    # hot spot) counts only by how much more it is off than it usually is.
+    for place in per_place.values():
+        usual = statistics.median(place)
+        place[:] = [max(0.0, v - usual) for v in place]
     worst = [0.0] * bins
     for i in range(bins):
         values = [v[i] for v in per_place.values()]
