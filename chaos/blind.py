@@ -27,6 +27,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections import Counter, defaultdict
@@ -76,6 +77,8 @@ SLOW_SCALE_MS = 100.0
 RATE_SCALE = 0.1
 DROP_SCALE = 0.3
 RESTART_SEVERITY = 0.5
+RESOURCE_Z = 5.0
+"""A resource signal counts when the change is this many robust deviations of its baseline."""
 SLOW_FACTOR = 1.5
 SLOW_MARGIN_MS = 10.0
 RATE_FLOOR = 0.002
@@ -380,7 +383,12 @@ def _rates(per_bin: Sequence[Sequence[_Event]], bad: Any) -> list[float]:
     return rates or [0.0]
 
 
-def _window(all_series: Sequence[_Series], t0: float, bins: int) -> tuple[list[int], list[float]]:
+def _window(
+    all_series: Sequence[_Series],
+    t0: float,
+    bins: int,
+    resources: Mapping[str, list[float]] | None = None,
+) -> tuple[list[int], list[float]]:
     """Per second, the strongest evidence about one place, and the alarm seconds.
 
     Evidence is summed per *place*: an instance with the links into it (a fault there shows
@@ -396,6 +404,10 @@ def _window(all_series: Sequence[_Series], t0: float, bins: int) -> tuple[list[i
         place = per_place.setdefault(series.entity.instance, [0.0] * bins)
         for i, s in enumerate(_bin_alarms(b, host_slow, host_timed)):
             place[i] += min(s, MAX_EVIDENCE)
+    for inst, evidence in (resources or {}).items():
+        place = per_place.setdefault(inst, [0.0] * bins)
+        for i, s in enumerate(evidence):
+            place[i] += s
     # A fault is a change: a place off all along (a recovery loop's storm of calls, a chronic
     # hot spot) counts only by how much more it is off than it usually is.
     for place in per_place.values():
@@ -511,11 +523,110 @@ def _drop(
     return max(0.0, 1.0 - len(inside) / expected), _poisson_low(len(inside), expected)
 
 
+# -- process metrics (optional) ----------------------------------------------------------------
+
+Points = Sequence[tuple[float, float]]
+RESOURCE_FLOORS = {"cpu": 0.05, "rss_mb": 1.0}
+"""The smallest spread (cores; MB per second of growth) a resource's series is judged with."""
+RESOURCE_SCALES = {"cpu": 0.25, "rss_mb": 40.0}
+"""Severity scales: a quarter of a core more; 40 MB grown."""
+
+
+def _robust_z(values: Sequence[float], floor: float) -> list[float]:
+    m = statistics.median(values)
+    mad = statistics.median(abs(v - m) for v in values) * 1.4826
+    return [(v - m) / max(mad, floor) for v in values]
+
+
+def _tail(z: float) -> float:
+    """``-log10`` of the normal upper tail beyond ``z``."""
+    if z <= 0:
+        return 0.0
+    return min(MAX_EVIDENCE, -math.log10(max(1e-300, 0.5 * math.erfc(z / math.sqrt(2)))))
+
+
+def _per_second(points: Points, t0: float, bins: int, *, growth: bool) -> list[float] | None:
+    values: list[float | None] = [None] * bins
+    for t, v in points:
+        i = int((t - t0) // BIN_S)
+        if 0 <= i < bins:
+            values[i] = v
+    known = [v for v in values if v is not None]
+    if len(known) < max(5, bins // 2):
+        return None
+    filled: list[float] = []
+    last: float = known[0]
+    for value in values:
+        if value is not None:
+            last = value
+        filled.append(last)
+    if growth:
+        return [0.0] + [b - a for a, b in itertools.pairwise(filled)]
+    return filled
+
+
+def _resources(
+    metrics: Mapping[str, Mapping[str, Points]], t0: float, bins: int
+) -> dict[str, list[float]]:
+    """Per instance and second: how far its CPU use, or its memory growth, is off its usual."""
+    out: dict[str, list[float]] = {}
+    for metric, per in metrics.items():
+        if metric not in RESOURCE_FLOORS:
+            continue
+        for inst, points in per.items():
+            values = _per_second(points, t0, bins, growth=metric == "rss_mb")
+            if values is None:
+                continue
+            evidence = [_tail(z) for z in _robust_z(values, RESOURCE_FLOORS[metric])]
+            place = out.setdefault(inst, [0.0] * bins)
+            out[inst] = [a + b for a, b in zip(place, evidence, strict=True)]
+    return out
+
+
+def _resource_signals(
+    metrics: Mapping[str, Mapping[str, Points]], win: tuple[float, float], margin: float
+) -> list[tuple[str, _Signal]]:
+    """CPU used beyond the instance's baseline, memory grown beyond it, in the window."""
+    out = []
+    for metric, per in metrics.items():
+        floor = RESOURCE_FLOORS.get(metric)
+        if floor is None:
+            continue
+        for inst, points in per.items():
+            base = [v for t, v in points if t < win[0] - margin]
+            inside = [v for t, v in points if win[0] <= t < win[1]]
+            if len(base) < 5 or len(inside) < 2:
+                continue
+            if metric == "cpu":
+                before = statistics.median(base)
+                spread = max(floor, statistics.median(abs(v - before) for v in base) * 1.4826)
+                change = statistics.fmean(inside) - before
+                text = f"CPU {before:.2f} cores before, {statistics.fmean(inside):.2f} during"
+            else:
+                steps = [b - a for a, b in itertools.pairwise(base)]
+                usual = statistics.median(steps)
+                spread = max(floor, statistics.median(abs(v - usual) for v in steps) * 1.4826)
+                grown = inside[-1] - inside[0] - usual * (len(inside) - 1)
+                change, spread = grown, spread * math.sqrt(len(inside))
+                text = f"resident memory grew {inside[-1] - inside[0]:.0f} MB in the window"
+            if change / spread >= RESOURCE_Z:
+                out.append(
+                    (inst, _Signal(metric, _severity(change, RESOURCE_SCALES[metric]), text))
+                )
+    return out
+
+
 # -- the entry point ---------------------------------------------------------------------------
 
 
-def localize_blind(spans: Sequence[SpanRecord]) -> BlindResult:
-    """Find the anomaly window in ``spans`` and rank suspects (instances and links) for it."""
+def localize_blind(
+    spans: Sequence[SpanRecord], *, metrics: Mapping[str, Mapping[str, Points]] | None = None
+) -> BlindResult:
+    """Find the anomaly window in ``spans`` and rank suspects (instances and links) for it.
+
+    ``metrics`` (optional): per-instance process metrics over the same time (``cpu`` in cores,
+    ``rss_mb``), as ``chaos.procmetrics`` reads them from Prometheus.
+    """
     if len(spans) < 50:
         return BlindResult(
             None, (), f"too few spans ({len(spans)}; at least 50 needed)", len(spans)
@@ -524,7 +635,8 @@ def localize_blind(spans: Sequence[SpanRecord]) -> BlindResult:
     t1 = max(s.start_ns for s in spans) / 1e9
     bins = max(1, int((t1 - t0) // BIN_S))  # whole seconds only: a last partial one looks quiet
     instances, links, registrations = _build(spans)
-    alarms, worst = _window([*instances.values(), *links.values()], t0, bins)
+    resources = _resources(metrics or {}, t0, bins)
+    alarms, worst = _window([*instances.values(), *links.values()], t0, bins, resources)
     if not alarms:
         return BlindResult(
             None,
@@ -588,6 +700,9 @@ def localize_blind(spans: Sequence[SpanRecord]) -> BlindResult:
                 explained = max((drops.get(c, 0.0) for c in callers), default=0.0)
                 s.severity = _severity(s.severity - explained, DROP_SCALE)
         signals[name] = [s for s in sigs if s.severity > 0.05]
+    for inst, sig in _resource_signals(metrics or {}, win, MARGIN_S):
+        if inst in instances:
+            signals[inst].append(sig)
     for ts, _, inst in registrations:
         if win[0] - MARGIN_S <= ts < win[1] + MARGIN_S and inst in instances:
             signals[inst].append(

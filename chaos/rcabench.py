@@ -34,8 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 
+from chaos import procmetrics
 from chaos.blind import BlindResult, localize_blind
 from chaos.faults.processes import SupervisorControl
 from chaos.model import Experiment
@@ -64,6 +66,9 @@ FAULT_S = 8.0
 GAP_S = (14.0, 20.0)
 """Quiet gap before each fault, drawn from the seed: the fault is at most a third of a segment."""
 USERS = 12
+CHECKOUT_WEIGHT = 8
+"""Checkouts weigh as much as browsing and product pages together: orders, payments and
+inventory see a few calls a second each, enough for a quiet instance's silence to mean something."""
 
 
 @dataclass(frozen=True)
@@ -218,7 +223,12 @@ def _experiment(cases: Sequence[Case], seed: int, group: str) -> Experiment:
         "title": f"rca-bench {group}",
         "hypothesis": "every fault is located blind from the telemetry",
         "seed": seed,
-        "load": {"users": USERS, "duration": method_s + 60.0, "warmup": 8, "checkout_weight": 4},
+        "load": {
+            "users": USERS,
+            "duration": method_s + 60.0,
+            "warmup": 8,
+            "checkout_weight": CHECKOUT_WEIGHT,
+        },
         "method": steps,
         "settle": 1.0,
     }
@@ -285,6 +295,19 @@ async def _run_group(
         runner.on_update = on_update
         result: RunResult = await runner.run()
         progress(f"stack {group}: {result.verdict.value} {result.reason or ''}".rstrip())
+        if info.prometheus_url:
+            # Process metrics, optional telemetry for the blind localiser: read them while
+            # Prometheus still runs.
+            try:
+                journal = runner.journal.data
+                series = await procmetrics.fetch(
+                    info.prometheus_url,
+                    float(journal["started_at"]),
+                    float(journal.get("ended_at") or time.time()),
+                )
+                await asyncio.to_thread(procmetrics.save, stack_dir, series)
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+                progress(f"stack {group}: no process metrics ({exc or type(exc).__name__})")
         return result.journal_path
     finally:
         with contextlib.suppress(Exception):
@@ -370,6 +393,13 @@ def _slice(spans: Sequence[SpanRecord], start_s: float, end_s: float) -> list[Sp
     return [s for s in spans if lo <= s.start_ns < hi]
 
 
+def _clip(series: procmetrics.Series, start_s: float, end_s: float) -> procmetrics.Series:
+    return {
+        m: {i: [p for p in pts if start_s <= p[0] < end_s] for i, pts in per.items()}
+        for m, per in series.items()
+    }
+
+
 def _case_result(seg: _Segment, blind: BlindResult) -> dict[str, Any]:
     rank = rank_of([s.match_key for s in blind.suspects], seg.truth)
     detect = None
@@ -404,9 +434,13 @@ def score_bench(folder: Path, *, progress: Progress = print) -> dict[str, Any]:
     for path in journals:
         journal = json.loads(path.read_text("utf-8"))
         spans = load_spans(path.parent.parent)
+        metrics = procmetrics.load(path.parent.parent)
         for seg in _segments(journal, by_name):
             n += 1
-            blind = localize_blind(_slice(spans, seg.start_s, seg.end_s))
+            blind = localize_blind(
+                _slice(spans, seg.start_s, seg.end_s),
+                metrics=None if metrics is None else _clip(metrics, seg.start_s, seg.end_s),
+            )
             row = _case_result(seg, blind)
             results.append(row)
             top = blind.suspects[0].name if blind.suspects else "undetermined"
