@@ -207,7 +207,7 @@ def _build(
             series.events.append(
                 _Event(
                     c.start_ns / 1e9,
-                    bad_error=c.error and c.answered,
+                    bad_error=_wire_error(c),
                     lost=not c.answered,
                     ms=None if wire is None else wire * 1000.0,
                 )
@@ -239,6 +239,24 @@ def _build(
             ]
             instances[fwd].forwarder = True
     return instances, links, _registrations(spans)
+
+
+def _wire_error(c: Call) -> bool:
+    """The caller saw an error that the callee did not cause: it answered fine, in time.
+
+    A callee that failed, or was still working when the caller gave up (a slow handler
+    behind a per-try timeout), is its own fault, not the link's.
+    """
+    server, client = c.server, c.client
+    if not c.error or server is None or client is None:
+        return False
+    server_failed = server.is_error or _server_code(server) >= 500
+    return not server_failed and server.duration_s < client.duration_s
+
+
+def _server_code(span: SpanRecord) -> int:
+    code = span.attributes.get("http.response.status_code")
+    return code if isinstance(code, int) else 0
 
 
 def _registrations(spans: Iterable[SpanRecord]) -> list[tuple[float, str, str]]:
