@@ -655,6 +655,9 @@ def localize_blind(
     instances, links, registrations = _build(spans)
     resources = _resources(metrics or {}, t0, bins)
     alarms, worst = _window([*instances.values(), *links.values()], t0, bins, resources)
+    # A change needs a before: alarms in the first seconds (what the previous events left)
+    # cannot start a window.
+    alarms = [i for i in alarms if i * BIN_S >= MIN_BASELINE_S + MARGIN_S]
     if not alarms:
         return BlindResult(
             None,
