@@ -441,19 +441,21 @@ def _window(
 
 
 def _extend(cluster: list[int], worst: Sequence[float]) -> list[int]:
-    """Grow a cluster of alarms over weaker ones nearby (hysteresis): a sparse fault's seconds
-    are not all alarms, and what it leaves out would count as its baseline."""
+    """Grow a cluster of alarms over weaker ones after it (hysteresis), and by at most one
+    second before it: a sparse fault's seconds are not all alarms, and what it leaves out
+    would count as its baseline; its start is where the alarms start."""
     lo, hi = cluster[0], cluster[-1]
+    if lo > 0 and worst[lo - 1] >= WEAK_ALARM:
+        lo -= 1
     while True:
-        before = [i for i in range(max(0, lo - 1), lo) if worst[i] >= WEAK_ALARM]
         after = [
             i
             for i in range(hi + 1, min(len(worst), hi + 1 + MERGE_GAP_S))
             if worst[i] >= WEAK_ALARM
         ]
-        if not before and not after:
+        if not after:
             return list(range(lo, hi + 1))
-        lo, hi = (before[0] if before else lo), (after[-1] if after else hi)
+        hi = after[-1]
 
 
 def _clusters(alarms: Sequence[int]) -> list[list[int]]:

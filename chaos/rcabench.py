@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -293,8 +294,13 @@ async def _run_group(
                         progress(f"  ran {name} on {', '.join(u['id'] for u in entry['units'])}")
 
         runner.on_update = on_update
+        load_before = os.getloadavg()[0]
         result: RunResult = await runner.run()
-        progress(f"stack {group}: {result.verdict.value} {result.reason or ''}".rstrip())
+        load_after = os.getloadavg()[0]
+        progress(
+            f"stack {group}: {result.verdict.value} {result.reason or ''} "
+            f"(host load average {load_before:.1f} before, {load_after:.1f} after)"
+        )
         if info.prometheus_url:
             # Process metrics, optional telemetry for the blind localiser: read them while
             # Prometheus still runs.
