@@ -77,6 +77,8 @@ SLOW_SCALE_MS = 100.0
 RATE_SCALE = 0.1
 DROP_SCALE = 0.3
 RESTART_SEVERITY = 0.5
+CLUSTERS = 3
+"""Alarm clusters ranked: the strongest is the window, the next two add suspects below."""
 RESOURCE_Z = 5.0
 """A resource signal counts when the change is this many robust deviations of its baseline."""
 SLOW_FACTOR = 1.5
@@ -154,6 +156,8 @@ class _Event:
     key: str = ""
     """What ``ms`` is compared within (a route: self times differ per route)."""
     span_id: str = ""
+    seen_error: bool = False
+    """The caller saw an error, whoever caused it (evidence about the place, for the window)."""
 
 
 @dataclass
@@ -208,6 +212,7 @@ def _build(
                 _Event(
                     c.start_ns / 1e9,
                     bad_error=_wire_error(c),
+                    seen_error=c.error,
                     lost=not c.answered,
                     ms=None if wire is None else wire * 1000.0,
                 )
@@ -344,7 +349,11 @@ def _binned(series: _Series, t0: float, bins: int) -> _Binned:
     def slow(e: _Event) -> bool:
         return e.ms is not None and e.ms > limits.get(e.key, math.inf)
 
-    kinds: dict[str, Any] = {"error": lambda e: e.bad_error, "lost": lambda e: e.lost, "slow": slow}
+    kinds: dict[str, Any] = {
+        "error": lambda e: e.bad_error or e.seen_error,
+        "lost": lambda e: e.lost,
+        "slow": slow,
+    }
     return _Binned(
         counts=[len(b) for b in per_bin],
         marks={k: [sum(bool(bad(e)) for e in b) for b in per_bin] for k, bad in kinds.items()},
@@ -667,77 +676,92 @@ def localize_blind(
             f"no anomaly: no second deviates (worst -log10 p {max(worst):.1f} < {ALARM:g})",
             len(spans),
         )
-    cluster = _extend(
-        max(_clusters(alarms), key=lambda c: (sum(worst[i] for i in c), -c[0])), worst
-    )
-    win = (t0 + cluster[0] * BIN_S, t0 + (cluster[-1] + 1) * BIN_S)
-    first = min(i for i in cluster if worst[i] >= ALARM)
-    window = BlindWindow(win[0], win[1], t0 + (first + 1) * BIN_S + EXPORT_S, len(cluster))
-    win_s = win[1] - win[0]
-    # The baseline is what came before the change: after it, a fault may linger (a restarted
-    # instance warming up, a queue draining) and would count as normal.
-    base_s = max(0.0, win[0] - MARGIN_S - t0)
-    if base_s < MIN_BASELINE_S:
-        return BlindResult(
-            window, (), f"the window leaves under {MIN_BASELINE_S} s of baseline", len(spans)
-        )
 
-    signals: dict[str, list[_Signal]] = defaultdict(list)
-    drops: dict[str, float] = {}
-    for name, series in instances.items():
-        inside, base = _split(series.events, win, MARGIN_S)
-        sigs = signals[name]
-        if s := _rate_signal("errors", "requests failed here", inside, base, lambda e: e.bad_error):
-            sigs.append(s)
-        if s := _slow_signal("slow-self", "requests", inside, base):
-            sigs.append(s)
-        frac, surprise = _drop(inside, base, win_s, base_s)
-        drops[name] = frac
-        if surprise >= SIGNIFICANT:
-            sigs.append(_Signal("missing", frac, f"{frac:.0%} of the expected requests never came"))
-    link_signals: dict[str, list[_Signal]] = defaultdict(list)
-    for name, series in links.items():
-        inside, base = _split(series.events, win, MARGIN_S)
-        sigs = link_signals[name]
-        if s := _rate_signal("no-answer", "calls got no answer", inside, base, lambda e: e.lost):
-            sigs.append(s)
-        if s := _rate_signal("errors", "calls failed", inside, base, lambda e: e.bad_error):
-            sigs.append(s)
-        if s := _slow_signal("slow-wire", "calls", inside, base):
-            sigs.append(s)
-        frac, surprise = _drop(inside, base, win_s, base_s)
-        caller_drop = drops.get(series.entity.caller_instance, 0.0)
-        if surprise >= SIGNIFICANT and frac - caller_drop > 0.2:
-            sigs.append(
-                _Signal(
-                    "missing",
-                    _severity(frac - caller_drop, DROP_SCALE),
-                    f"{frac:.0%} of the expected calls never came (caller lost {caller_drop:.0%})",
+    def rank(cluster: list[int]) -> tuple[BlindWindow, list[BlindSuspect], str]:
+        win = (t0 + cluster[0] * BIN_S, t0 + (cluster[-1] + 1) * BIN_S)
+        first = min(i for i in cluster if worst[i] >= ALARM)
+        window = BlindWindow(win[0], win[1], t0 + (first + 1) * BIN_S + EXPORT_S, len(cluster))
+        win_s = win[1] - win[0]
+        # The baseline is what came before the change: after it, a fault may linger (a restarted
+        # instance warming up, a queue draining) and would count as normal.
+        base_s = max(0.0, win[0] - MARGIN_S - t0)
+        if base_s < MIN_BASELINE_S:
+            return window, [], f"the window leaves under {MIN_BASELINE_S} s of baseline"
+
+        signals: dict[str, list[_Signal]] = defaultdict(list)
+        drops: dict[str, float] = {}
+        for name, series in instances.items():
+            inside, base = _split(series.events, win, MARGIN_S)
+            sigs = signals[name]
+            if s := _rate_signal(
+                "errors", "requests failed here", inside, base, lambda e: e.bad_error
+            ):
+                sigs.append(s)
+            if s := _slow_signal("slow-self", "requests", inside, base):
+                sigs.append(s)
+            frac, surprise = _drop(inside, base, win_s, base_s)
+            drops[name] = frac
+            if surprise >= SIGNIFICANT:
+                sigs.append(
+                    _Signal("missing", frac, f"{frac:.0%} of the expected requests never came")
                 )
-            )
-    # Calls into an instance that stopped arriving, while its callers did not lose theirs.
-    for name, sigs in signals.items():
-        for s in sigs:
-            if s.kind == "missing":
-                callers = instances[name].callers
-                explained = max((drops.get(c, 0.0) for c in callers), default=0.0)
-                s.severity = _severity(s.severity - explained, DROP_SCALE)
-        signals[name] = [s for s in sigs if s.severity > 0.05]
-    for inst, sig in _resource_signals(metrics or {}, win, MARGIN_S):
-        if inst in instances:
-            signals[inst].append(sig)
-    for ts, _, inst in registrations:
-        if win[0] - MARGIN_S <= ts < win[1] + MARGIN_S and inst in instances:
-            signals[inst].append(
-                _Signal("restart", RESTART_SEVERITY, "registered again (a restart)")
-            )
+        link_signals: dict[str, list[_Signal]] = defaultdict(list)
+        for name, series in links.items():
+            inside, base = _split(series.events, win, MARGIN_S)
+            sigs = link_signals[name]
+            if s := _rate_signal(
+                "no-answer", "calls got no answer", inside, base, lambda e: e.lost
+            ):
+                sigs.append(s)
+            if s := _rate_signal("errors", "calls failed", inside, base, lambda e: e.bad_error):
+                sigs.append(s)
+            if s := _slow_signal("slow-wire", "calls", inside, base):
+                sigs.append(s)
+            frac, surprise = _drop(inside, base, win_s, base_s)
+            caller_drop = drops.get(series.entity.caller_instance, 0.0)
+            if surprise >= SIGNIFICANT and frac - caller_drop > 0.2:
+                sigs.append(
+                    _Signal(
+                        "missing",
+                        _severity(frac - caller_drop, DROP_SCALE),
+                        f"{frac:.0%} of the expected calls never came "
+                        f"(caller lost {caller_drop:.0%})",
+                    )
+                )
+        # Calls into an instance that stopped arriving, while its callers did not lose theirs.
+        for name, sigs in signals.items():
+            for s in sigs:
+                if s.kind == "missing":
+                    callers = instances[name].callers
+                    explained = max((drops.get(c, 0.0) for c in callers), default=0.0)
+                    s.severity = _severity(s.severity - explained, DROP_SCALE)
+            signals[name] = [s for s in sigs if s.severity > 0.05]
+        for inst, sig in _resource_signals(metrics or {}, win, MARGIN_S):
+            if inst in instances:
+                signals[inst].append(sig)
+        for ts, _, inst in registrations:
+            if win[0] - MARGIN_S <= ts < win[1] + MARGIN_S and inst in instances:
+                signals[inst].append(
+                    _Signal("restart", RESTART_SEVERITY, "registered again (a restart)")
+                )
 
-    suspects = _suspects(instances, links, signals, link_signals, win)
-    if not suspects:
-        return BlindResult(
-            window, (), "a window was found but no entity deviates in it", len(spans)
-        )
-    return BlindResult(window, tuple(suspects), f"{len(suspects)} suspects", len(spans))
+        suspects = _suspects(instances, links, signals, link_signals, win)
+        if not suspects:
+            return window, [], "a window was found but no entity deviates in it"
+        return window, suspects, f"{len(suspects)} suspects"
+
+    # The strongest cluster of alarms is the window; the next ones add their suspects below
+    # its own (a host stall may outweigh a quiet fault: the fault still gets a rank).
+    clusters = sorted(_clusters(alarms), key=lambda c: (-sum(worst[i] for i in c), c[0]))
+    window, suspects, reason = None, [], ""
+    for cluster in clusters[:CLUSTERS]:
+        w, found, why = rank(_extend(cluster, worst))
+        if window is None or not suspects:
+            window, suspects, reason = w, list(found), why
+        else:
+            seen = {s.name for s in suspects}
+            suspects.extend(s for s in found if s.name not in seen)
+    return BlindResult(window, tuple(suspects), reason, len(spans))
 
 
 def _score(sigs: Sequence[_Signal]) -> float:
