@@ -668,12 +668,15 @@ def localize_blind(
     alarms, worst = _window([*instances.values(), *links.values()], t0, bins, resources)
     # A change needs a before: alarms in the first seconds (what the previous events left)
     # cannot start a window.
-    alarms = [i for i in alarms if i * BIN_S >= MIN_BASELINE_S + MARGIN_S]
+    lead = int((MIN_BASELINE_S + MARGIN_S) // BIN_S)
+    alarms = [i for i in alarms if i >= lead]
     if not alarms:
+        peak = max(worst[lead:], default=0.0)
         return BlindResult(
             None,
             (),
-            f"no anomaly: no second deviates (worst -log10 p {max(worst):.1f} < {ALARM:g})",
+            f"no anomaly: no second after the first {lead} deviates enough "
+            f"(strongest evidence {peak:.1f}, an alarm needs {ALARM:g})",
             len(spans),
         )
 

@@ -201,7 +201,10 @@ def rca_bench_cmd(
         sys.exit(2)
     _console().print(bench_table(result["summary"]))
     for miss in result["summary"]["missed"]:
-        click.echo(f"not ranked first: {miss['case']} (truth {miss['truth']}, rank {miss['rank']})")
+        click.echo(
+            f"not ranked first: {miss['case']} (truth {miss['truth']}, rank {miss['rank']}): "
+            f"{miss.get('why') or ''}"
+        )
     click.echo(f"results: {Path(result['folder']) / 'rca-bench.json'}")
 
 

@@ -406,6 +406,22 @@ def _clip(series: procmetrics.Series, start_s: float, end_s: float) -> procmetri
     }
 
 
+def _why(seg: _Segment, blind: BlindResult, rank: int | None) -> str | None:
+    """Why a case was not ranked first, in the localiser's terms."""
+    if rank == 1:
+        return None
+    w = blind.window
+    if w is None:
+        return blind.reason
+    where = (
+        f"window {w.start_s - seg.applied_s:+.0f}..{w.end_s - seg.applied_s:+.0f} s of injection"
+    )
+    top = blind.suspects[0].name if blind.suspects else "nothing"
+    if rank is None:
+        return f"{where}; no significant signal at the truth there (ranked first: {top})"
+    return f"{where}; ranked #{rank} below {top}"
+
+
 def _case_result(seg: _Segment, blind: BlindResult) -> dict[str, Any]:
     rank = rank_of([s.match_key for s in blind.suspects], seg.truth)
     detect = None
@@ -414,6 +430,7 @@ def _case_result(seg: _Segment, blind: BlindResult) -> dict[str, Any]:
         detect = round(max(0.0, blind.window.first_alarm_s - seg.applied_s), 2)
     return {
         "case": seg.case,
+        "why": _why(seg, blind, rank),
         "type": seg.fault_type,
         "truth": seg.truth.describe(),
         "segment": {"start": seg.start_s, "end": seg.end_s},

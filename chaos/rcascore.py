@@ -125,7 +125,7 @@ def summarize(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "by_type": {t: _row(rows) for t, rows in sorted(by_type.items())},
         "overall": _row(results),
         "missed": [
-            {"case": r["case"], "truth": r["truth"], "rank": r.get("rank")}
+            {"case": r["case"], "truth": r["truth"], "rank": r.get("rank"), "why": r.get("why")}
             for r in results
             if r.get("rank") != 1
         ],

@@ -90,3 +90,4 @@ def test_summary_per_type_and_overall() -> None:
     assert s["overall"]["ac1"] == pytest.approx(0.333)
     assert s["overall"]["median_detect_s"] == 3.0
     assert [m["case"] for m in s["missed"]] == ["b", "c"]
+    assert s["missed"][1]["rank"] is None  # undetermined is listed, not hidden
