@@ -37,5 +37,14 @@ async def test_quick_bench_runs_localises_blind_and_scores(
         # Blind: a window of its own, and the window-given verdict kept beside it.
         assert row["blind"]["window"] is not None, row
         assert row["window_given"] is not None
+    # The experiment's own journal and report carry the blind result beside the window-given.
+    journal = json.loads(
+        (tmp_path / "bench" / "stack-quick" / "experiment" / "journal.json").read_text()
+    )
+    assert len(journal["blind_localization"]["faults"]) == len(QUICK) + 1  # with the decoy
+    assert "localization" in journal
+    report = (tmp_path / "bench" / "stack-quick" / "experiment" / "report.html").read_text()
+    assert "Blind:" in report
+    assert (tmp_path / "bench" / "stack-quick" / "metrics.json").exists()
     # Loose on a shared two-core machine, but a localiser that finds nothing fails it.
     assert overall["ac3"] >= 0.75, json.dumps(out["cases"], indent=1)[:4000]
