@@ -518,7 +518,7 @@ def _rate_signal(
 def _slow_signal(
     kind: str, what: str, inside: Sequence[_Event], base: Sequence[_Event]
 ) -> _Signal | None:
-    limits = _limits(base)
+    limits = _robust_limits(base)
     medians = _medians(base)
     judged = [e for e in inside if e.ms is not None and e.key in limits and e.key in medians]
     if len(judged) < MIN_EVENTS:
