@@ -555,10 +555,10 @@ def _drop(
 # -- process metrics (optional) ----------------------------------------------------------------
 
 Points = Sequence[tuple[float, float]]
-RESOURCE_FLOORS = {"cpu": 0.05, "rss_mb": 1.0}
+RESOURCE_FLOORS = {"cpu": 0.02, "rss_mb": 1.0}
 """The smallest spread (cores; MB per second of growth) a resource's series is judged with."""
-RESOURCE_SCALES = {"cpu": 0.25, "rss_mb": 40.0}
-"""Severity scales: a quarter of a core more; 40 MB grown."""
+RESOURCE_SCALES = {"cpu": 0.1, "rss_mb": 40.0}
+"""Severity scales: a tenth of a core more (a burn gets no more on a saturated host); 40 MB."""
 
 
 def _robust_z(values: Sequence[float], floor: float) -> list[float]:
@@ -635,9 +635,10 @@ def _resource_signals(
                 steps = [b - a for a, b in itertools.pairwise(base)]
                 usual = statistics.median(steps)
                 spread = max(floor, statistics.median(abs(v - usual) for v in steps) * 1.4826)
-                grown = inside[-1] - inside[0] - usual * (len(inside) - 1)
+                # The peak, not the last value: a leak's memory is freed when it is rolled back.
+                grown = max(inside) - inside[0] - usual * (len(inside) - 1)
                 change, spread = grown, spread * math.sqrt(len(inside))
-                text = f"resident memory grew {inside[-1] - inside[0]:.0f} MB in the window"
+                text = f"resident memory grew {max(inside) - inside[0]:.0f} MB in the window"
             if change / spread >= RESOURCE_Z:
                 out.append(
                     (inst, _Signal(metric, _severity(change, RESOURCE_SCALES[metric]), text))
@@ -740,8 +741,9 @@ def localize_blind(
                     s.severity = _severity(s.severity - explained, DROP_SCALE)
             signals[name] = [s for s in sigs if s.severity > 0.05]
         for inst, sig in _resource_signals(metrics or {}, win, MARGIN_S):
-            if inst in instances:
-                signals[inst].append(sig)
+            if inst not in instances:  # it served nothing in the spans given, yet it ran
+                instances[inst] = _Series(Entity("instance", inst, inst.rsplit("-", 1)[0]))
+            signals[inst].append(sig)
         for ts, _, inst in registrations:
             if win[0] - MARGIN_S <= ts < win[1] + MARGIN_S and inst in instances:
                 signals[inst].append(
