@@ -67,6 +67,8 @@ FAULT_S = 8.0
 GAP_S = (14.0, 20.0)
 """Quiet gap before each fault, drawn from the seed: the fault is at most a third of a segment."""
 USERS = 12
+STACK_UP_S = 300.0
+"""How long a stack may take to be ready: the bench runs for long on a machine others share."""
 CHECKOUT_WEIGHT = 8
 """Checkouts weigh as much as browsing and product pages together: orders, payments and
 inventory see a few calls a second each, enough for a quiet instance's silence to mean something."""
@@ -271,7 +273,9 @@ async def _run_group(
     topo_file = folder / "topology.yaml"
     started = time.monotonic()
     port = base_port or await asyncio.to_thread(free_port_range)
-    stack = await up(topology=topo_file, run_dir=stack_dir, base_port=port, jaeger=False)
+    stack = await up(
+        topology=topo_file, run_dir=stack_dir, base_port=port, jaeger=False, within=STACK_UP_S
+    )
     progress(f"stack {group} up in {time.monotonic() - started:.0f} s: {len(cases)} cases")
     try:
         info = await from_management(stack)
