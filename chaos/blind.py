@@ -19,10 +19,14 @@
    (``1 - exp(-x / scale)``), kept only where the count behind it is significant against the
    entity's baseline. Nothing grows with volume: a busy service with a mild slowdown scores its
    mildness, a quiet one with a severe fault its severity.
-4. **Suspects.** An instance's score is its strongest severity (plus a tenth of the others, to
+4. **Process metrics (optional).** Where Prometheus' per-instance CPU and resident memory
+   are given (``chaos.procmetrics``), CPU beyond an instance's own level and memory growth add
+   evidence to its place and signals to its suspect: a CPU burn or a leak leaves little else.
+5. **Suspects.** An instance's score is its strongest severity (plus a tenth of the others, to
    break ties). Links into an instance where every caller with enough calls is anomalous merge
    into the instance's ingress (its own network); otherwise each anomalous link is a suspect of
    its own. A forwarding instance's errors and self time are its link's to its upstream.
+   The strongest cluster of alarms is the window; the next two add their suspects below.
 """
 
 from __future__ import annotations
