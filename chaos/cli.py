@@ -11,6 +11,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -157,3 +158,80 @@ def rollback_cmd(run_dir: Path | None) -> None:
     if not actions:
         click.echo("nothing to roll back: no fault left behind")
     sys.exit(1 if failed else 0)
+
+
+@chaos.command("rca-bench")
+@click.option("--seed", type=int, default=14, show_default=True, help="Picks instances and gaps.")
+@click.option("--quick", is_flag=True, help="A handful of cases on one stack (a smoke test).")
+@click.option("--case", "only", multiple=True, help="Run only this case (repeatable).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The bench folder (default: runs/rca-bench-<timestamp>).",
+)
+@click.option(
+    "--rescore",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Localise and score a finished bench folder again; runs nothing.",
+)
+@click.option(
+    "--base-port",
+    type=click.IntRange(1024, 65000),
+    default=None,
+    envvar="TESTBED_BASE_PORT",
+    help="First port of the stacks' range.",
+)
+def rca_bench_cmd(
+    seed: int,
+    quick: bool,
+    only: tuple[str, ...],
+    out: Path | None,
+    rescore: Path | None,
+    base_port: int | None,
+) -> None:
+    """Run the fault catalogue on fresh stacks; localise each fault blind; AC@1/AC@3/Avg@5."""
+    import time
+
+    from chaos.rcabench import bench_cases, run_bench, score_bench
+
+    def progress(line: str) -> None:
+        click.echo(line)
+
+    try:
+        if rescore is not None:
+            result = score_bench(rescore, progress=progress)
+        else:
+            cases = bench_cases(quick=quick, only=only)
+            folder = (out or Path("runs") / time.strftime("rca-bench-%Y%m%d-%H%M%S")).resolve()
+            click.echo(f"{len(cases)} cases, seed {seed}, folder {folder}")
+            result = asyncio.run(
+                run_bench(folder, cases, seed=seed, base_port=base_port, progress=progress)
+            )
+    except (ValueError, ConfigError) as exc:
+        click.echo(f"rca-bench: {exc}", err=True)
+        sys.exit(2)
+    _console().print(bench_table(result["summary"]))
+    for miss in result["summary"]["missed"]:
+        click.echo(
+            f"not ranked first: {miss['case']} (truth {miss['truth']}, rank {miss['rank']}): "
+            f"{miss.get('why') or ''}"
+        )
+    click.echo(f"results: {Path(result['folder']) / 'rca-bench.json'}")
+
+
+def bench_table(summary: dict[str, Any]) -> Table:
+    table = Table("fault type", "cases", "AC@1", "AC@3", "Avg@5", "median detect")
+    rows = [*summary["by_type"].items(), ("overall", summary["overall"])]
+    for name, row in rows:
+        detect = row["median_detect_s"]
+        table.add_row(
+            name,
+            str(row["cases"]),
+            f"{row['ac1']:.2f}",
+            f"{row['ac3']:.2f}",
+            f"{row['avg5']:.2f}",
+            "-" if detect is None else f"{detect:.1f} s",
+        )
+    return table

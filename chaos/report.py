@@ -1273,12 +1273,25 @@ def _located_fault(entry: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _localization(run: Run) -> dict[str, Any] | None:
+LOCALIZATION_HEADINGS = {
+    "blind_localization": "Where was the fault? Blind: from the run's traces alone, "
+    "no injection time given",
+    "localization": "Where was the fault? Window given: the journal's fault times handed over",
+}
+
+
+def _localization(run: Run, key: str = "localization") -> dict[str, Any] | None:
     """Where the traces say the fault was, per fault; None when the journal has no section."""
-    raw = run.data.get("localization")
+    raw = run.data.get(key)
     if raw is None:
         return None
-    out: dict[str, Any] = {"raw": None, "error": None, "faults": [], "headline": None}
+    out: dict[str, Any] = {
+        "raw": None,
+        "error": None,
+        "faults": [],
+        "headline": None,
+        "heading": LOCALIZATION_HEADINGS[key],
+    }
     loc = _d(raw)
     if not loc:
         out["raw"] = json.dumps(raw, default=str)[:300]
@@ -1421,6 +1434,7 @@ def report_context(run: Run) -> dict[str, Any]:
         "failures": _failures(run),
         "localization": _localization(run),
         "detection": _detection(run),
+        "blind_localization": _localization(run, "blind_localization"),
         "audit": _audit(run),
         "probes": _probes(run),
         "faults": _faults(run),

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from chaos.alerts import AlertQueryError, alert_firings
+from chaos.blind import blind_localization_run
 from chaos.detection import detection_section
 from chaos.faults import Fault, FaultContext, build_fault
 from chaos.faults.processes import ProcessControl
@@ -311,6 +312,15 @@ class Runner:
                 section = {"error": f"{type(exc).__name__}: {exc}", "headline": "error"}
             if section is not None:
                 self.journal.data["localization"] = section
+                await self.journal.asave()
+            try:
+                blind = await asyncio.to_thread(
+                    blind_localization_run, self.stack.run_dir, dict(self.journal.data)
+                )
+            except Exception as exc:  # informs, like the window-given one
+                blind = {"error": f"{type(exc).__name__}: {exc}", "headline": "error"}
+            if blind is not None:
+                self.journal.data["blind_localization"] = blind
                 await self.journal.asave()
 
     async def _cleanup(self, monitor: asyncio.Task[None] | None) -> None:
