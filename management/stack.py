@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from management.supervisor import (
 )
 from management.topology import MAX_INSTANCES, Topology, load_topology, parse_topology
 from management.toxiproxy import INSTALL_HINT, ToxiproxyClient, ToxiproxyError, find_binary
+from management.trace_ui import find_zipkin, shipper_command, zipkin_command, zipkin_env
 from mesh.errors import ConfigError, TestbedError
 
 __all__ = [
@@ -66,7 +68,7 @@ STATE_FILE = "state.json"
 SETTLE_SECONDS = 1.0
 """After draining an instance in the registry, how long callers get to see it gone."""
 _HTTP_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
-_INFRA_PROGRAMS = ("toxiproxy", "prometheus", "jaeger")
+_INFRA_PROGRAMS = ("toxiproxy", "prometheus", "jaeger", "zipkin", "zipkin-shipper")
 
 
 class StackError(TestbedError):
@@ -280,6 +282,11 @@ class Stack:
     def jaeger_url(self) -> str | None:
         return f"http://{LOCALHOST}:{self.plan.infra.jaeger_ui}" if self.plan.jaeger else None
 
+    @property
+    def trace_ui_url(self) -> str | None:
+        """Zipkin's base URL (its Lens UI is under ``/zipkin/``), when the trace UI runs."""
+        return f"http://{LOCALHOST}:{self.plan.infra.zipkin}" if self.plan.trace_ui else None
+
     def where(self) -> list[tuple[str, str]]:
         """What a user wants to know after ``up``: public URLs and tools."""
         rows: list[tuple[str, str]] = []
@@ -295,6 +302,8 @@ class Stack:
         rows.append(("Toxiproxy API", self.toxiproxy_url))
         if self.jaeger_url:
             rows.append(("Jaeger", self.jaeger_url))
+        if self.trace_ui_url:
+            rows.append(("trace UI", self.trace_ui_url + "/zipkin/"))
         rows.append(("run folder", str(self.run_dir)))
         return rows
 
@@ -331,6 +340,8 @@ class Stack:
             infra_pending["Toxiproxy"] = self.toxiproxy_url + "/version"
             if self.jaeger_url:
                 infra_pending["Jaeger"] = self.jaeger_url + "/"
+            if self.trace_ui_url:
+                infra_pending["Zipkin"] = self.trace_ui_url + "/health"
         started = time.monotonic()
         deadline = started + within
         async with aiohttp.ClientSession() as http:
@@ -417,6 +428,8 @@ class Stack:
             ]
             if self.plan.jaeger:
                 infra.append(("jaeger", self.plan.infra.jaeger_ui, "/"))
+            if self.plan.trace_ui:
+                infra.append(("zipkin", self.plan.infra.zipkin, "/health"))
             for name, port, path in infra:
                 address = f"{LOCALHOST}:{port}"
                 ready = await _is_ready(http, f"http://{address}{path}")
@@ -481,6 +494,7 @@ class Stack:
             base_port=self.plan.base_port,
             run_dir=self.run_dir,
             jaeger=self.plan.jaeger,
+            trace_ui=self.plan.trace_ui,
         )
 
     def _check_component(self, component: str) -> None:
@@ -607,6 +621,43 @@ def _find_tools(jaeger: bool | None) -> tuple[str, str, str | None]:
     return toxiproxy, prometheus, jaeger_bin
 
 
+def _find_zipkin(trace_ui: bool | None) -> tuple[str, Path] | None:
+    if trace_ui is False:
+        return None
+    try:
+        return find_zipkin()
+    except ConfigError:
+        if trace_ui:
+            raise
+        return None
+
+
+def _trace_ui_programs(stack: Stack, java: str, jar: Path) -> list[ProgramSpec]:
+    """Zipkin, started first (the JVM is the slowest to start), and the span shipper."""
+    port = stack.plan.infra.zipkin
+    url = f"http://{LOCALHOST}:{port}"
+    return [
+        ProgramSpec(
+            name="zipkin",
+            command=zipkin_command(java, jar, port),
+            env=zipkin_env(port),
+            log_file=stack.logs_dir / "zipkin.log",
+            directory=stack.run_dir,
+            priority=1,
+            stop_wait_seconds=5,
+        ),
+        ProgramSpec(
+            name="zipkin-shipper",
+            command=shipper_command(sys.executable, stack.run_dir / "traces", url),
+            env={},
+            log_file=stack.logs_dir / "zipkin-shipper.log",
+            directory=stack.workdir,
+            priority=900,
+            stop_wait_seconds=5,
+        ),
+    ]
+
+
 def _alive_stack(run_dir: Path) -> Stack | None:
     try:
         stack = open_stack(run_dir)
@@ -633,6 +684,7 @@ async def up(
     run_dir: Path | None = None,
     base_port: int | None = None,
     jaeger: bool | None = None,
+    trace_ui: bool | None = None,
     progress: Progress = _quiet,
     within: float = 90.0,
     env: dict[str, str] | None = None,
@@ -640,15 +692,23 @@ async def up(
     """Start the whole stack and wait until every instance is ready; returns it, running.
 
     ``jaeger``: None starts Jaeger when ``tools/bin/jaeger`` exists, False never, True requires
-    it. ``env`` is the environment supervisord starts with (default ``os.environ``). On failure,
-    everything started so far is stopped again.
+    it. ``trace_ui`` likewise for Zipkin and its span shipper (``management.trace_ui``): None
+    when its jar and Java are there. ``env`` is the environment supervisord starts with
+    (default ``os.environ``). On failure, everything started so far is stopped again.
     """
     _refuse_if_up(run_dir)
     topo = load_topology(topology)
     toxiproxy_bin, prometheus_bin, jaeger_bin = _find_tools(jaeger)
+    zipkin = _find_zipkin(trace_ui)
     base = base_port or int(os.environ.get("TESTBED_BASE_PORT") or DEFAULT_BASE_PORT)
     run = (run_dir or _default_run_dir()).resolve()
-    plan = build_plan(topo, base_port=base, run_dir=run, jaeger=jaeger_bin is not None)
+    plan = build_plan(
+        topo,
+        base_port=base,
+        run_dir=run,
+        jaeger=jaeger_bin is not None,
+        trace_ui=zipkin is not None,
+    )
     check_ports_free(plan.ports())
 
     for sub in ("logs", "data", "traces", "supervisor/programs", "prometheus/data"):
@@ -665,6 +725,7 @@ async def up(
         "topology_source": str(topology) if topology else "(default)",
         "topology": topo.to_data(),
         "jaeger": jaeger_bin is not None,
+        "trace_ui": zipkin is not None,
         "started_at": time.time(),
         "status": "starting",
     }
@@ -717,6 +778,8 @@ async def up(
                     stop_wait_seconds=5,
                 )
             )
+        if zipkin is not None:
+            infra += _trace_ui_programs(stack, *zipkin)
         for spec in infra:
             stack._write_program(spec)
         for inst in plan.instances:
@@ -768,7 +831,11 @@ def open_stack(run_dir: Path | None = None, *, progress: Progress = _quiet) -> S
     # JSON is YAML, and keeps the components' order (their ports depend on it).
     topo = parse_topology(json.dumps(state["topology"]), str(run / STATE_FILE))
     plan = build_plan(
-        topo, base_port=int(state["base_port"]), run_dir=run, jaeger=bool(state.get("jaeger"))
+        topo,
+        base_port=int(state["base_port"]),
+        run_dir=run,
+        jaeger=bool(state.get("jaeger")),
+        trace_ui=bool(state.get("trace_ui")),
     )
     return Stack(
         run_dir=run,
