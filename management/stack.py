@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from management.dashboards import CONSOLE_NAME, write_console
 from management.jaeger import jaeger_config
 from management.plan import DEFAULT_BASE_PORT, LOCALHOST, InstancePlan, Plan, build_plan
 from management.ports import check_ports_free
@@ -68,6 +69,8 @@ STATE_FILE = "state.json"
 SETTLE_SECONDS = 1.0
 """After draining an instance in the registry, how long callers get to see it gone."""
 _HTTP_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
+TRACE_UI_GRACE = 10.0
+"""Seconds ``up`` waits for the trace UI once everything else is ready (it started first)."""
 _INFRA_PROGRAMS = ("toxiproxy", "prometheus", "jaeger", "zipkin", "zipkin-shipper")
 
 
@@ -279,6 +282,11 @@ class Stack:
         return f"http://{LOCALHOST}:{self.plan.infra.prometheus}"
 
     @property
+    def dashboards_url(self) -> str:
+        """The dashboards view: a Prometheus console page (``management.dashboards``)."""
+        return f"{self.prometheus_url}/consoles/{CONSOLE_NAME}"
+
+    @property
     def jaeger_url(self) -> str | None:
         return f"http://{LOCALHOST}:{self.plan.infra.jaeger_ui}" if self.plan.jaeger else None
 
@@ -299,6 +307,7 @@ class Stack:
         if self.plan.registry_url:
             rows.append(("registry", self.plan.registry_url))
         rows.append(("Prometheus", self.prometheus_url))
+        rows.append(("dashboards", self.dashboards_url))
         rows.append(("Toxiproxy API", self.toxiproxy_url))
         if self.jaeger_url:
             rows.append(("Jaeger", self.jaeger_url))
@@ -340,8 +349,6 @@ class Stack:
             infra_pending["Toxiproxy"] = self.toxiproxy_url + "/version"
             if self.jaeger_url:
                 infra_pending["Jaeger"] = self.jaeger_url + "/"
-            if self.trace_ui_url:
-                infra_pending["Zipkin"] = self.trace_ui_url + "/health"
         started = time.monotonic()
         deadline = started + within
         async with aiohttp.ClientSession() as http:
@@ -384,6 +391,25 @@ class Stack:
                         + self._log_tails(sorted(pending))
                     )
                 await asyncio.sleep(0.1)
+
+    async def wait_trace_ui(self, *, within: float) -> bool:
+        """Wait up to ``within`` seconds for Zipkin to answer; the stack does not need it, so
+        one still starting (a JVM on a busy machine) is said, not an error."""
+        if not self.trace_ui_url:
+            return False
+        started = time.monotonic()
+        async with aiohttp.ClientSession() as http:
+            while True:
+                if await _is_ready(http, self.trace_ui_url + "/health"):
+                    self.progress(f"trace UI ready (+{time.monotonic() - started:.1f}s)")
+                    return True
+                if time.monotonic() - started > within:
+                    self.progress(
+                        f"trace UI still starting (its JVM): {self.trace_ui_url}/zipkin/ "
+                        "answers in a few seconds; `testbed logs zipkin` shows its progress"
+                    )
+                    return False
+                await asyncio.sleep(0.2)
 
     async def _fail_on_fatal(self, names: set[str]) -> None:
         with contextlib.suppress(SupervisorError, TimeoutError):
@@ -736,6 +762,9 @@ async def up(
     )
     try:
         prom_config = write_prometheus_files(plan, run / "prometheus")
+        consoles, console_libraries = write_console(
+            run / "prometheus", topology_name=plan.topology.name
+        )
         infra = [
             ProgramSpec(
                 name="toxiproxy",
@@ -754,6 +783,8 @@ async def up(
                     f"--storage.tsdb.path={run / 'prometheus' / 'data'}",
                     f"--web.listen-address={LOCALHOST}:{plan.infra.prometheus}",
                     "--storage.tsdb.retention.time=1d",
+                    f"--web.console.templates={consoles}",
+                    f"--web.console.libraries={console_libraries}",
                     "--log.level=warn",
                 ),
                 env={},
@@ -795,6 +826,8 @@ async def up(
         await _populate_toxiproxy(stack, within=min(within, 30.0))
         progress(f"Toxiproxy: {len(plan.proxies)} proxies")
         await stack.wait_ready(plan.instances, within=within, infra=True, registration_grace=5.0)
+        if stack.trace_ui_url:
+            await stack.wait_trace_ui(within=TRACE_UI_GRACE)
     except BaseException:
         with contextlib.suppress(Exception):
             await asyncio.to_thread(down, run)
