@@ -69,6 +69,7 @@ STATE_FILE = "state.json"
 SETTLE_SECONDS = 1.0
 """After draining an instance in the registry, how long callers get to see it gone."""
 _HTTP_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
+JAEGER_UI_ASSETS_ENV = "TESTBED_JAEGER_UI_ASSETS"
 TRACE_UI_GRACE = 10.0
 """Seconds ``up`` waits for the trace UI once everything else is ready (it started first)."""
 _INFRA_PROGRAMS = ("toxiproxy", "prometheus", "jaeger", "zipkin", "zipkin-shipper")
@@ -625,6 +626,8 @@ def _jaeger_config(plan: Plan) -> str:
         otlp_http=infra.jaeger_otlp_http,
         query_grpc=plan.base_port + 5,
         self_tracing=False,
+        # A jaeger-ui build the user brought (`yarn build` in jaegertracing/jaeger-ui).
+        ui_assets=os.environ.get(JAEGER_UI_ASSETS_ENV) or None,
     )
     return yaml.safe_dump(config, sort_keys=False)
 

@@ -32,6 +32,7 @@ from management.compose import (
     container_env,
     render_compose,
 )
+from management.jaeger import jaeger_config
 from management.plan import DEFAULT_BASE_PORT, LOCALHOST, Plan, build_plan
 from management.topology import Topology, load_topology, parse_topology
 from management.toxiproxy import INSTALL_HINT, REPO_ROOT, find_binary
@@ -375,6 +376,23 @@ def test_jaeger_config_validates() -> None:
     config = REPO_ROOT / "compose" / "jaeger.yaml"
     result = subprocess.run(
         [str(binary), "validate", f"--config={config}"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_jaeger_serves_a_jaeger_ui_build_the_user_brings(tmp_path: Path) -> None:
+    """``jaeger_query.ui.assets_path`` (TESTBED_JAEGER_UI_ASSETS): Jaeger accepts the key."""
+    binary = REPO_ROOT / "tools" / "bin" / "jaeger"
+    if not binary.is_file():
+        pytest.skip("Jaeger is not built (make setup)")
+    config = jaeger_config(
+        host="127.0.0.1", ui=1, otlp_grpc=2, otlp_http=3, ui_assets=str(tmp_path)
+    )
+    assert config["extensions"]["jaeger_query"]["ui"] == {"assets_path": str(tmp_path)}
+    path = tmp_path / "jaeger.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [str(binary), "validate", f"--config={path}"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
