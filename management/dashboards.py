@@ -449,6 +449,7 @@ _JS_FORMAT = {
 _GO_FORMAT = {
     "percentunit": "humanizePercentage",
     "s": "humanizeDuration",
+    "reqps": 'printf "%.2f/s"',
 }
 
 
@@ -479,7 +480,6 @@ def _console_panel(panel: Panel, index: int) -> str:
     graph: dict[str, Any] = {
         "expr": exprs,
         "name": [_js_legend(q.legend) for q in panel.queries],
-        "duration": CONSOLE_RANGE_S,
         "renderer": "line",
         "min": 0,
     }
@@ -515,6 +515,12 @@ def console_page(*, title: str, subtitle: str, definition: Sequence[Row] = DASHB
     panel a graph over the last ``CONSOLE_RANGE_S`` seconds, redrawn every
     ``CONSOLE_REFRESH_S``, and a table of its series when the page was served."""
     out = [_CONSOLE_HEAD.format(title=html.escape(title))]
+    # The graphs' range: CONSOLE_RANGE_S, or what the URL's fragment asks for, as Prometheus'
+    # console time control writes it (#pctc{"duration":<seconds>,"endTime":0}).
+    out.append(
+        "<script>if (window.location.hash.indexOf('#pctc') !== 0) {"
+        f" PromConsole.graphDefaults.duration = {CONSOLE_RANGE_S}; }}</script>"
+    )
     out.append(f'<h1>{html.escape(title)}</h1><div class="desc">{html.escape(subtitle)}</div>')
     index = 0
     for row in definition:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import signal
 from collections.abc import Iterable, Iterator, Mapping
@@ -57,6 +58,25 @@ def _micros(nanos: object) -> int:
     return int(str(nanos or 0)) // 1000
 
 
+def _remote_endpoint(tags: Mapping[str, str]) -> dict[str, Any]:
+    """Where a client span went: ``peer.service`` names a service; an address is an address
+    (an IP as a service name would show as one more service in the UI)."""
+    out: dict[str, Any] = {}
+    if tags.get("peer.service"):
+        out["serviceName"] = tags["peer.service"]
+    address, port = tags.get("server.address", ""), tags.get("server.port", "")
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        if address and "serviceName" not in out:
+            out["serviceName"] = address
+    else:
+        out["ipv4" if ip.version == 4 else "ipv6"] = address
+    if port.isdigit():
+        out["port"] = int(port)
+    return out
+
+
 def otlp_to_zipkin(request: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One ``ExportTraceServiceRequest`` (OTLP/JSON) as Zipkin v2 spans.
 
@@ -90,9 +110,10 @@ def otlp_to_zipkin(request: Mapping[str, Any]) -> list[dict[str, Any]]:
                 kind = _KINDS.get(int(span.get("kind", 0)))
                 if kind is not None:
                     zipkin["kind"] = kind
-                peer = tags.get("server.address") if kind == "CLIENT" else None
-                if peer:
-                    zipkin["remoteEndpoint"] = {"serviceName": peer}
+                if kind == "CLIENT":
+                    remote = _remote_endpoint(tags)
+                    if remote:
+                        zipkin["remoteEndpoint"] = remote
                 events = span.get("events", ())
                 if events:
                     zipkin["annotations"] = [

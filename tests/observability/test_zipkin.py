@@ -63,6 +63,7 @@ def test_a_span_file_line_becomes_zipkin_v2_spans() -> None:
     assert server["tags"]["error"] == "payments unavailable"
     assert "error" not in client["tags"]
     assert client["remoteEndpoint"] == {"serviceName": "payments"}
+    assert "remoteEndpoint" not in server
     assert [a["value"] for a in client["annotations"]] == ["retry"]
     assert server["timestamp"] == (spans[1].start_time or 0) // 1000
     assert server["duration"] >= 1
@@ -102,3 +103,14 @@ async def test_the_shipper_posts_new_lines_and_keeps_them_while_zipkin_refuses(
             f.write(line[40:] + "\n")
         assert await shipper.ship_once(http) == 2
         assert len(received) == 2
+
+
+def test_a_client_span_to_an_address_is_not_taken_for_a_service() -> None:
+    line = json.loads(encode_otlp_json(checkout_spans()))
+    span = line["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    span["attributes"] = [
+        {"key": "server.address", "value": {"stringValue": "127.0.0.1"}},
+        {"key": "server.port", "value": {"intValue": "20044"}},
+    ]
+    client = otlp_to_zipkin(line)[0]
+    assert client["remoteEndpoint"] == {"ipv4": "127.0.0.1", "port": 20044}
