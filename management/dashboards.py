@@ -530,9 +530,12 @@ def console_page(*, title: str, subtitle: str, definition: Sequence[Row] = DASHB
             out.append(_console_panel(panel, index))
         out.append("</div>")
     out.append(
+        # A graph still waiting for its queries is left to finish (dispatch would abort them).
         "<script>window.setInterval(function () {"
         " PromConsole._graph_registry.forEach(function (g) {"
-        " g.params.endTime = Date.now() / 1000; g.dispatch(); }); }, "
+        " if (g._xhrs.every(function (x) { return x.readyState === 4; })) {"
+        " g.params.endTime = Date.now() / 1000; g.dispatch(); }"
+        " }); }, "
         f"{CONSOLE_REFRESH_S * 1000});</script>"
     )
     out.append("</main>\n</body>\n</html>\n")
