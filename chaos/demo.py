@@ -147,6 +147,7 @@ async def run_demo(
             run_dir=stack_dir,
             base_port=base_port,
             jaeger=False,
+            trace_ui=False,  # each group's stack is gone once its reports are written
             progress=lambda m: console.print(f"  {m}", style="dim"),
         )
         try:

@@ -39,6 +39,7 @@ import jinja2
 from markupsafe import Markup
 
 from load.stats import AGGREGATED, LocustStats
+from management.trace_ui import lens_url
 from observability.logs import get_logger
 
 if TYPE_CHECKING:
@@ -1138,6 +1139,31 @@ def _fault_details(fault: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
+TRACE_MARGIN_S = 2.0
+"""Seconds of traces shown before a fault was applied and after it was rolled back."""
+
+
+def _fault_service(fault: Mapping[str, Any]) -> str | None:
+    """The service whose traces a fault's link filters on: its target's, when it names one."""
+    kind, _, name = _s(fault.get("target")).partition(" ")
+    return name if kind == "service" and name else None
+
+
+def _traces_link(run: Run, fault: Mapping[str, Any]) -> str:
+    """The trace UI's search for the fault's window, or "" without a trace UI or a window."""
+    base = _s(_d(run.data.get("stack")).get("trace_ui"))
+    start = _f(fault.get("applied_at")) or _f(fault.get("planned_at"))
+    if not base or start is None:
+        return ""
+    end = _f(fault.get("rolled_back_at")) or run.ended_at or start
+    return lens_url(
+        base,
+        start=start - TRACE_MARGIN_S,
+        end=max(end, start) + TRACE_MARGIN_S,
+        service=_fault_service(fault),
+    )
+
+
 def _faults(run: Run) -> list[dict[str, str]]:
     rows = []
     for fault in run.faults:
@@ -1162,6 +1188,8 @@ def _faults(run: Run) -> list[dict[str, str]]:
                 "chip": "good" if status == "rolled_back" else "bad",
                 "details": _fault_details(fault),
                 "error": _s(fault.get("error")),
+                "traces": _traces_link(run, fault),
+                "traces_of": _fault_service(fault) or "every service",
             }
         )
     return rows
@@ -1438,6 +1466,7 @@ def report_context(run: Run) -> dict[str, Any]:
         "audit": _audit(run),
         "probes": _probes(run),
         "faults": _faults(run),
+        "trace_ui": bool(_d(run.data.get("stack")).get("trace_ui")),
         "load": _load_table(run),
         "events": _events(run),
         "links": _links(run),

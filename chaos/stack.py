@@ -60,6 +60,8 @@ class StackInfo:
     links: tuple[LinkInfo, ...] = ()
     toxiproxy_url: str | None = None
     prometheus_url: str | None = None
+    trace_ui_url: str | None = None
+    """Zipkin's base URL when the trace UI runs (the report links each fault's traces)."""
     admin_token: str = DEFAULT_ADMIN_TOKEN
     urls: Mapping[str, str] = field(default_factory=dict)
     """Public addresses: ``balancer``, ``gateway``, ``pop:<region>`` -> base URL."""
@@ -99,6 +101,7 @@ class StackInfo:
             "run_dir": str(self.run_dir),
             "toxiproxy": self.toxiproxy_url,
             "prometheus": self.prometheus_url,
+            "trace_ui": self.trace_ui_url,
             "urls": dict(self.urls),
             "instances": [
                 {"id": i.instance_id, "service": i.service, "pid": i.pid, "proxy": i.proxy}
@@ -156,6 +159,7 @@ async def from_management(stack: Stack) -> StackInfo:
         links=tuple(links),
         toxiproxy_url=stack.toxiproxy_url,
         prometheus_url=stack.prometheus_url,
+        trace_ui_url=stack.trace_ui_url,
         admin_token=admin_token,
         urls=urls,
         api_key=api_key or "demo-key",

@@ -67,12 +67,19 @@ def _say(message: str) -> None:
     show_default=True,
     help="Seconds to wait for every instance to be ready.",
 )
+@click.option(
+    "--trace-ui/--no-trace-ui",
+    default=None,
+    help="Start Zipkin and its span shipper, the trace UI (default: when `make setup` fetched "
+    "it; it adds about 160 MB, see the README).",
+)
 def up(
     topology: Path | None,
     run_dir: Path | None,
     base_port: int | None,
     foreground: bool,
     within: float,
+    trace_ui: bool | None,
 ) -> None:
     """Start the whole system (supervised processes, Toxiproxy, Prometheus) and wait until ready."""
     from management.stack import up as stack_up
@@ -84,6 +91,7 @@ def up(
             topology=topology,
             run_dir=run_dir,
             base_port=base_port,
+            trace_ui=trace_ui,
             progress=_say,
             within=within,
         )

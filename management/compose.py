@@ -33,7 +33,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ import aiohttp
 import yaml
 
 from management.alerting import alert_rules
+from management.dashboards import grafana_dashboard
 from management.jaeger import jaeger_config
 from management.plan import DEFAULT_BASE_PORT, LOCALHOST, InstancePlan, Plan, build_plan
 from management.prometheus import RULES_NAME, target_groups
@@ -559,274 +560,19 @@ def grafana_dashboard_provider() -> dict[str, Any]:
     }
 
 
-_PROM = {"type": "prometheus", "uid": PROMETHEUS_UID}
-_NOT_PROBES = 'route!~"/healthz|/readyz|/metrics"'
-
-
-class _Panels:
-    """Lays panels out on Grafana's 24-column grid, row by row."""
-
-    def __init__(self) -> None:
-        self.panels: list[dict[str, Any]] = []
-        self._y = 0
-        self._x = 0
-        self._row_height = 0
-
-    def row(self, title: str) -> None:
-        self._newline()
-        self.panels.append(
-            {
-                "type": "row",
-                "title": title,
-                "collapsed": False,
-                "id": len(self.panels) + 1,
-                "gridPos": {"h": 1, "w": 24, "x": 0, "y": self._y},
-                "panels": [],
-            }
-        )
-        self._y += 1
-
-    def _newline(self) -> None:
-        if self._x:
-            self._y += self._row_height
-            self._x = 0
-            self._row_height = 0
-
-    def add(
-        self,
-        title: str,
-        targets: Iterable[tuple[str, str]],
-        *,
-        unit: str,
-        description: str,
-        kind: str = "timeseries",
-        width: int = 8,
-        height: int = 8,
-        mappings: Sequence[dict[str, Any]] = (),
-        max_value: float | None = None,
-    ) -> None:
-        if self._x + width > 24:
-            self._newline()
-        defaults: dict[str, Any] = {"unit": unit, "mappings": list(mappings)}
-        if max_value is not None:
-            defaults["min"] = 0
-            defaults["max"] = max_value
-        panel: dict[str, Any] = {
-            "type": kind,
-            "title": title,
-            "description": description,
-            "id": len(self.panels) + 1,
-            "datasource": _PROM,
-            "gridPos": {"h": height, "w": width, "x": self._x, "y": self._y},
-            "fieldConfig": {"defaults": defaults, "overrides": []},
-            "options": {
-                "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-                "tooltip": {"mode": "multi", "sort": "desc"},
-            },
-            "targets": [
-                {"refId": chr(ord("A") + i), "datasource": _PROM, "expr": expr, "legendFormat": fmt}
-                for i, (expr, fmt) in enumerate(targets)
-            ],
-        }
-        self.panels.append(panel)
-        self._x += width
-        self._row_height = max(self._row_height, height)
-
-
 def overview_dashboard(topology: Topology) -> dict[str, Any]:
-    """The "Testbed overview" dashboard: RED per job, CDN, balancer, RPC clients, faults.
+    """The "Testbed overview" dashboard, from the one definition in ``management.dashboards``
+    (the embedded stack's console page is rendered from it too).
 
     The ``job`` variable lists the topology's components (Prometheus' job per component).
     """
-    p = _Panels()
-    rate = "$__rate_interval"
-    jobs = 'job=~"$job"'
-    p.row("RED per job (HTTP server, probes excluded)")
-    p.add(
-        "Request rate",
-        [
-            (
-                f"sum by (job) (rate(http_server_requests_total{{{jobs},{_NOT_PROBES}}}[{rate}]))",
-                "{{job}}",
-            )
-        ],
-        unit="reqps",
-        description="Requests answered per second, per component (http_server_requests_total).",
+    return grafana_dashboard(
+        uid=DASHBOARD_UID,
+        title="Testbed overview",
+        description=_NOTICE.format(name=topology.name),
+        jobs=list(topology.components),
+        datasource_uid=PROMETHEUS_UID,
     )
-    p.add(
-        "Error ratio (5xx)",
-        [
-            (
-                f'sum by (job) (rate(http_server_requests_total{{{jobs},{_NOT_PROBES},code=~"5.."}}'
-                f"[{rate}])) / sum by (job) (rate(http_server_requests_total{{{jobs},"
-                f"{_NOT_PROBES}}}[{rate}]))",
-                "{{job}}",
-            )
-        ],
-        unit="percentunit",
-        description="Share of answers with a 5xx code, per component.",
-        max_value=1,
-    )
-    p.add(
-        "Latency p50 / p99",
-        [
-            (
-                f"histogram_quantile({q}, sum by (job, le) (rate("
-                f"http_server_request_duration_seconds_bucket{{{jobs},{_NOT_PROBES}}}[{rate}])))",
-                f"{{{{job}}}} p{label}",
-            )
-            for q, label in (("0.5", "50"), ("0.99", "99"))
-        ],
-        unit="s",
-        description="From the http_server_request_duration_seconds histogram, per component.",
-    )
-    p.row("CDN PoPs")
-    p.add(
-        "Cache hit ratio per PoP",
-        [
-            (
-                'sum by (instance) (rate(cdn_cache_requests_total{result=~"hit|stale|revalidated"}'
-                f"[{rate}])) / sum by (instance) (rate(cdn_cache_requests_total[{rate}]))",
-                "{{instance}}",
-            )
-        ],
-        unit="percentunit",
-        description="Answers served from the cache (hit, stale, revalidated) among all.",
-        max_value=1,
-        width=12,
-    )
-    p.add(
-        "Cache results",
-        [(f"sum by (result) (rate(cdn_cache_requests_total[{rate}]))", "{{result}}")],
-        unit="reqps",
-        description="Requests per cache result: hit, miss, stale, revalidated, pass.",
-        width=12,
-    )
-    p.row("Load balancer")
-    p.add(
-        "Requests per upstream",
-        [(f"sum by (upstream) (rate(balancer_upstream_requests_total[{rate}]))", "{{upstream}}")],
-        unit="reqps",
-        description="Requests the balancer sent to each gateway instance.",
-    )
-    p.add(
-        "Upstream health",
-        [("max by (upstream) (balancer_upstream_healthy)", "{{upstream}}")],
-        unit="none",
-        kind="state-timeline",
-        description="1 while an instance receives new requests, 0 while it is out.",
-        mappings=[
-            {
-                "type": "value",
-                "options": {
-                    "0": {"text": "out", "color": "red", "index": 0},
-                    "1": {"text": "in", "color": "green", "index": 1},
-                },
-            }
-        ],
-    )
-    p.add(
-        "Ejections",
-        [
-            (
-                f"sum by (upstream, reason) (increase(balancer_upstream_ejections_total[{rate}]))",
-                "{{upstream}} {{reason}}",
-            )
-        ],
-        unit="short",
-        description="Times an instance was taken out of rotation, by reason.",
-    )
-    p.row("RPC clients (callers' view of their upstreams)")
-    p.add(
-        "Retries",
-        [
-            (
-                f"sum by (job, upstream) (rate(rpc_client_retries_total{{{jobs}}}[{rate}]))",
-                "{{job}} → {{upstream}}",
-            )
-        ],
-        unit="reqps",
-        description="RPC attempts beyond the first, per caller and upstream service.",
-    )
-    p.add(
-        "Circuit breaker state",
-        [
-            (
-                "max by (job, upstream) (rpc_client_breaker_state{" + jobs + "})",
-                "{{job}} → {{upstream}}",
-            )
-        ],
-        unit="none",
-        kind="state-timeline",
-        description="Worst breaker state over a caller's instances: 0 closed, 1 half-open, 2 open.",
-        mappings=[
-            {
-                "type": "value",
-                "options": {
-                    "0": {"text": "closed", "color": "green", "index": 0},
-                    "1": {"text": "half-open", "color": "yellow", "index": 1},
-                    "2": {"text": "open", "color": "red", "index": 2},
-                },
-            }
-        ],
-    )
-    p.add(
-        "Ejections",
-        [
-            (
-                f"sum by (job, upstream) (increase(rpc_client_ejections_total{{{jobs}}}[{rate}]))",
-                "{{job}} → {{upstream}}",
-            )
-        ],
-        unit="short",
-        description="Instances ejected by passive outlier detection, per caller and upstream.",
-    )
-    p.row("In-service faults")
-    p.add(
-        "Faults active",
-        [
-            (
-                "max by (job, instance, kind) (testbed_faults_active{" + jobs + "}) > 0",
-                "{{instance}} {{kind}}",
-            )
-        ],
-        unit="none",
-        kind="state-timeline",
-        description="In-service faults switched on (testbed_faults_active), per instance and kind.",
-        width=24,
-        height=6,
-    )
-    names = list(topology.components)
-    return {
-        "uid": DASHBOARD_UID,
-        "title": "Testbed overview",
-        "description": _NOTICE.format(name=topology.name),
-        "tags": ["testbed"],
-        "schemaVersion": 39,
-        "version": 1,
-        "editable": False,
-        "graphTooltip": 1,
-        "time": {"from": "now-15m", "to": "now"},
-        "refresh": "5s",
-        "timezone": "browser",
-        "templating": {
-            "list": [
-                {
-                    "name": "job",
-                    "label": "component",
-                    "type": "custom",
-                    "query": ",".join(names),
-                    "multi": True,
-                    "includeAll": True,
-                    "current": {"text": ["All"], "value": ["$__all"]},
-                    "options": [],
-                }
-            ]
-        },
-        "annotations": {"list": []},
-        "links": [],
-        "panels": p.panels,
-    }
 
 
 # ---- the files ----------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Every port comes from one place, the base port ``B`` (``--base-port`` / ``TESTBED_BASE_PORT``):
 
 ``B+0`` Toxiproxy API, ``B+1`` Prometheus, ``B+2`` Jaeger UI, ``B+3`` Jaeger OTLP/HTTP,
-``B+4`` Jaeger OTLP/gRPC, ``B+5..B+9`` reserved; then component ``i`` (its order in the
+``B+4`` Jaeger OTLP/gRPC, ``B+5`` Jaeger query gRPC, ``B+6`` Zipkin (the trace UI),
+``B+7..B+9`` reserved; then component ``i`` (its order in the
 topology) owns the block ``B + 10 + 30*i`` of ``MAX_INSTANCES`` slots, three ports each:
 instance ``k`` listens on ``block + 3*(k-1)`` (public) and ``+1`` (admin); ``+2`` is its
 Toxiproxy proxy (services, gateways) or its PoP's link to the origin (CDN). Scaling up uses the
@@ -51,10 +52,11 @@ class InfraPorts:
     jaeger_ui: int
     jaeger_otlp_http: int
     jaeger_otlp_grpc: int
+    zipkin: int
 
     @classmethod
     def from_base(cls, base: int) -> InfraPorts:
-        return cls(base, base + 1, base + 2, base + 3, base + 4)
+        return cls(base, base + 1, base + 2, base + 3, base + 4, base + 6)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ class Plan:
     proxies: tuple[ProxyPlan, ...]
     registry_url: str | None
     jaeger: bool
+    trace_ui: bool = False
+    """Zipkin and its span shipper run (``management.trace_ui``)."""
 
     def of(self, component: str) -> tuple[InstancePlan, ...]:
         return tuple(i for i in self.instances if i.component == component)
@@ -131,6 +135,8 @@ class Plan:
             ports[self.infra.jaeger_ui] = "Jaeger UI"
             ports[self.infra.jaeger_otlp_http] = "Jaeger OTLP/HTTP"
             ports[self.infra.jaeger_otlp_grpc] = "Jaeger OTLP/gRPC"
+        if self.trace_ui:
+            ports[self.infra.zipkin] = "Zipkin (trace UI)"
         for inst in self.instances:
             ports[inst.port] = inst.instance_id
             ports[inst.admin_port] = f"{inst.instance_id} admin"
@@ -156,6 +162,7 @@ def build_plan(
     jaeger: bool = False,
     extra_env: Mapping[str, str] | None = None,
     admin_token: str | None = None,
+    trace_ui: bool = False,
 ) -> Plan:
     """Derive the processes, proxies and ports of ``topology`` at ``base_port``.
 
@@ -295,4 +302,5 @@ def build_plan(
         proxies=tuple(proxies),
         registry_url=registry_url,
         jaeger=jaeger,
+        trace_ui=trace_ui,
     )

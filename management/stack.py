@@ -21,6 +21,7 @@ import re
 import secrets
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from management.dashboards import CONSOLE_NAME, write_console
 from management.jaeger import jaeger_config
 from management.plan import DEFAULT_BASE_PORT, LOCALHOST, InstancePlan, Plan, build_plan
 from management.ports import check_ports_free
@@ -47,6 +49,7 @@ from management.supervisor import (
 )
 from management.topology import MAX_INSTANCES, Topology, load_topology, parse_topology
 from management.toxiproxy import INSTALL_HINT, ToxiproxyClient, ToxiproxyError, find_binary
+from management.trace_ui import find_zipkin, shipper_command, zipkin_command, zipkin_env
 from mesh.errors import ConfigError, TestbedError
 from mesh.registry_client import RegistryClient, RegistryError
 
@@ -67,7 +70,10 @@ STATE_FILE = "state.json"
 SETTLE_SECONDS = 1.0
 """After draining an instance in the registry, how long callers get to see it gone."""
 _HTTP_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
-_INFRA_PROGRAMS = ("toxiproxy", "prometheus", "jaeger")
+JAEGER_UI_ASSETS_ENV = "TESTBED_JAEGER_UI_ASSETS"
+TRACE_UI_GRACE = 10.0
+"""Seconds ``up`` waits for the trace UI once everything else is ready (it started first)."""
+_INFRA_PROGRAMS = ("toxiproxy", "prometheus", "jaeger", "zipkin", "zipkin-shipper")
 
 
 class StackError(TestbedError):
@@ -314,8 +320,18 @@ class Stack:
         return f"http://{LOCALHOST}:{self.plan.infra.prometheus}"
 
     @property
+    def dashboards_url(self) -> str:
+        """The dashboards view: a Prometheus console page (``management.dashboards``)."""
+        return f"{self.prometheus_url}/consoles/{CONSOLE_NAME}"
+
+    @property
     def jaeger_url(self) -> str | None:
         return f"http://{LOCALHOST}:{self.plan.infra.jaeger_ui}" if self.plan.jaeger else None
+
+    @property
+    def trace_ui_url(self) -> str | None:
+        """Zipkin's base URL (its Lens UI is under ``/zipkin/``), when the trace UI runs."""
+        return f"http://{LOCALHOST}:{self.plan.infra.zipkin}" if self.plan.trace_ui else None
 
     def where(self) -> list[tuple[str, str]]:
         """What a user wants to know after ``up``: public URLs and tools."""
@@ -330,9 +346,12 @@ class Stack:
             rows.append(("registry", self.plan.registry_url))
         rows.append(("Prometheus", self.prometheus_url))
         rows.append(("alerts", self.prometheus_url + "/alerts"))
+        rows.append(("dashboards", self.dashboards_url))
         rows.append(("Toxiproxy API", self.toxiproxy_url))
         if self.jaeger_url:
             rows.append(("Jaeger", self.jaeger_url))
+        if self.trace_ui_url:
+            rows.append(("trace UI", self.trace_ui_url + "/zipkin/"))
         rows.append(("run folder", str(self.run_dir)))
         if self.admin_token is not None:  # where, never the token itself
             rows.append(("admin token", f"{self.run_dir / STATE_FILE} (admin_token, 0600)"))
@@ -414,6 +433,25 @@ class Stack:
                     )
                 await asyncio.sleep(0.1)
 
+    async def wait_trace_ui(self, *, within: float) -> bool:
+        """Wait up to ``within`` seconds for Zipkin to answer; the stack does not need it, so
+        one still starting (a JVM on a busy machine) is said, not an error."""
+        if not self.trace_ui_url:
+            return False
+        started = time.monotonic()
+        async with aiohttp.ClientSession() as http:
+            while True:
+                if await _is_ready(http, self.trace_ui_url + "/health"):
+                    self.progress(f"trace UI ready (+{time.monotonic() - started:.1f}s)")
+                    return True
+                if time.monotonic() - started > within:
+                    self.progress(
+                        f"trace UI still starting (its JVM): {self.trace_ui_url}/zipkin/ "
+                        "answers in a few seconds; `testbed logs zipkin` shows its progress"
+                    )
+                    return False
+                await asyncio.sleep(0.2)
+
     async def _fail_on_fatal(self, names: set[str]) -> None:
         with contextlib.suppress(SupervisorError, TimeoutError):
             for proc in await self.supervisor.aprocesses():
@@ -457,6 +495,8 @@ class Stack:
             ]
             if self.plan.jaeger:
                 infra.append(("jaeger", self.plan.infra.jaeger_ui, "/"))
+            if self.plan.trace_ui:
+                infra.append(("zipkin", self.plan.infra.zipkin, "/health"))
             for name, port, path in infra:
                 address = f"{LOCALHOST}:{port}"
                 ready = await _is_ready(http, f"http://{address}{path}")
@@ -521,6 +561,7 @@ class Stack:
             run_dir=self.run_dir,
             jaeger=self.plan.jaeger,
             admin_token=self.admin_token,
+            trace_ui=self.plan.trace_ui,
         )
 
     def _check_component(self, component: str) -> None:
@@ -625,6 +666,8 @@ def _jaeger_config(plan: Plan) -> str:
         otlp_http=infra.jaeger_otlp_http,
         query_grpc=plan.base_port + 5,
         self_tracing=False,
+        # A jaeger-ui build the user brought (`yarn build` in jaegertracing/jaeger-ui).
+        ui_assets=os.environ.get(JAEGER_UI_ASSETS_ENV) or None,
     )
     return yaml.safe_dump(config, sort_keys=False)
 
@@ -645,6 +688,43 @@ def _find_tools(jaeger: bool | None) -> tuple[str, str, str | None]:
             if jaeger:
                 raise
     return toxiproxy, prometheus, jaeger_bin
+
+
+def _find_zipkin(trace_ui: bool | None) -> tuple[str, Path] | None:
+    if trace_ui is False:
+        return None
+    try:
+        return find_zipkin()
+    except ConfigError:
+        if trace_ui:
+            raise
+        return None
+
+
+def _trace_ui_programs(stack: Stack, java: str, jar: Path) -> list[ProgramSpec]:
+    """Zipkin, started first (the JVM is the slowest to start), and the span shipper."""
+    port = stack.plan.infra.zipkin
+    url = f"http://{LOCALHOST}:{port}"
+    return [
+        ProgramSpec(
+            name="zipkin",
+            command=zipkin_command(java, jar, port),
+            env=zipkin_env(port),
+            log_file=stack.logs_dir / "zipkin.log",
+            directory=stack.run_dir,
+            priority=1,
+            stop_wait_seconds=5,
+        ),
+        ProgramSpec(
+            name="zipkin-shipper",
+            command=shipper_command(sys.executable, stack.run_dir / "traces", url),
+            env={},
+            log_file=stack.logs_dir / "zipkin-shipper.log",
+            directory=stack.workdir,
+            priority=900,
+            stop_wait_seconds=5,
+        ),
+    ]
 
 
 def _alive_stack(run_dir: Path) -> Stack | None:
@@ -673,6 +753,7 @@ async def up(
     run_dir: Path | None = None,
     base_port: int | None = None,
     jaeger: bool | None = None,
+    trace_ui: bool | None = None,
     progress: Progress = _quiet,
     within: float = 90.0,
     env: dict[str, str] | None = None,
@@ -680,12 +761,14 @@ async def up(
     """Start the whole stack and wait until every instance is ready; returns it, running.
 
     ``jaeger``: None starts Jaeger when ``tools/bin/jaeger`` exists, False never, True requires
-    it. ``env`` is the environment supervisord starts with (default ``os.environ``). On failure,
-    everything started so far is stopped again.
+    it. ``trace_ui`` likewise for Zipkin and its span shipper (``management.trace_ui``): None
+    when its jar and Java are there. ``env`` is the environment supervisord starts with
+    (default ``os.environ``). On failure, everything started so far is stopped again.
     """
     _refuse_if_up(run_dir)
     topo = load_topology(topology)
     toxiproxy_bin, prometheus_bin, jaeger_bin = _find_tools(jaeger)
+    zipkin = _find_zipkin(trace_ui)
     base = base_port or int(os.environ.get("TESTBED_BASE_PORT") or DEFAULT_BASE_PORT)
     run = (run_dir or _default_run_dir()).resolve()
     # A fresh secret per run for every admin API (faults): never the default printed in the
@@ -697,6 +780,7 @@ async def up(
         run_dir=run,
         jaeger=jaeger_bin is not None,
         admin_token=admin_token,
+        trace_ui=zipkin is not None,
     )
     check_ports_free(plan.ports())
 
@@ -714,6 +798,7 @@ async def up(
         "topology_source": str(topology) if topology else "(default)",
         "topology": topo.to_data(),
         "jaeger": jaeger_bin is not None,
+        "trace_ui": zipkin is not None,
         "started_at": time.time(),
         "status": "starting",
         "admin_token": admin_token,
@@ -725,6 +810,9 @@ async def up(
     )
     try:
         prom_config = write_prometheus_files(plan, run / "prometheus")
+        consoles, console_libraries = write_console(
+            run / "prometheus", topology_name=plan.topology.name
+        )
         infra = [
             ProgramSpec(
                 name="toxiproxy",
@@ -743,6 +831,8 @@ async def up(
                     f"--storage.tsdb.path={run / 'prometheus' / 'data'}",
                     f"--web.listen-address={LOCALHOST}:{plan.infra.prometheus}",
                     "--storage.tsdb.retention.time=1d",
+                    f"--web.console.templates={consoles}",
+                    f"--web.console.libraries={console_libraries}",
                     "--log.level=warn",
                 ),
                 env={},
@@ -767,6 +857,8 @@ async def up(
                     stop_wait_seconds=5,
                 )
             )
+        if zipkin is not None:
+            infra += _trace_ui_programs(stack, *zipkin)
         for spec in infra:
             stack._write_program(spec)
         for inst in plan.instances:
@@ -782,6 +874,8 @@ async def up(
         await _populate_toxiproxy(stack, within=min(within, 30.0))
         progress(f"Toxiproxy: {len(plan.proxies)} proxies")
         await stack.wait_ready(plan.instances, within=within, infra=True, registration_grace=5.0)
+        if stack.trace_ui_url:
+            await stack.wait_trace_ui(within=TRACE_UI_GRACE)
     except BaseException:
         with contextlib.suppress(Exception):
             await asyncio.to_thread(down, run)
@@ -823,6 +917,7 @@ def open_stack(run_dir: Path | None = None, *, progress: Progress = _quiet) -> S
         run_dir=run,
         jaeger=bool(state.get("jaeger")),
         admin_token=_admin_token(state),
+        trace_ui=bool(state.get("trace_ui")),
     )
     return Stack(
         run_dir=run,

@@ -4,9 +4,11 @@
 #   .venv/                 the project and its dev extras (re-installed when pyproject.toml changes)
 #   tools/bin/             real Toxiproxy (server + CLI) and Jaeger, built from the Go module proxy
 #   prometheus, promtool   Debian's `prometheus` package (installed when missing and we are root)
+#   tools/zipkin/          Zipkin's server, the trace UI (the `exec` jar from Maven Central; Java 17+)
 #
 # Environment: PYTHON (interpreter, default python3.11 or python3), TESTBED_SKIP_JAEGER=1 to skip
-# the Jaeger build (it is optional at run time: spans then go to OTLP-JSON files in the run folder).
+# the Jaeger build (it is optional at run time: spans then go to OTLP-JSON files in the run folder),
+# TESTBED_SKIP_ZIPKIN=1 to skip the trace UI (`testbed up` then runs without it).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,6 +16,7 @@ cd "$ROOT"
 
 TOXIPROXY_VERSION="v2.12.0"
 JAEGER_VERSION="v1.75.0"
+ZIPKIN_VERSION="3.6.1"
 TOOLS="$ROOT/tools"
 BIN="$TOOLS/bin"
 
@@ -102,6 +105,21 @@ if [[ "${TESTBED_SKIP_JAEGER:-0}" != "1" ]]; then
   go_build_in_module github.com/jaegertracing/jaeger "$JAEGER_VERSION" ./cmd/jaeger jaeger
 fi
 say "toxiproxy $(cat "$BIN/toxiproxy-server.version") in tools/bin"
+
+# --- Zipkin, the trace UI (Maven Central) ---------------------------------------------------------
+ZIPKIN_JAR="$TOOLS/zipkin/zipkin-server-$ZIPKIN_VERSION-exec.jar"
+if [[ "${TESTBED_SKIP_ZIPKIN:-0}" != "1" && ! -f "$ZIPKIN_JAR" ]]; then
+  command -v java >/dev/null 2>&1 \
+    || die "java is missing; Zipkin (the trace UI) needs Java 17+ (Debian: apt-get install openjdk-17-jre-headless), or set TESTBED_SKIP_ZIPKIN=1"
+  command -v mvn >/dev/null 2>&1 \
+    || die "mvn is missing; it fetches Zipkin from Maven Central (Debian: apt-get install maven), or set TESTBED_SKIP_ZIPKIN=1"
+  say "fetching io.zipkin:zipkin-server:$ZIPKIN_VERSION (exec jar, 135 MB) from Maven Central"
+  mvn -q -B dependency:copy "-Dartifact=io.zipkin:zipkin-server:$ZIPKIN_VERSION:jar:exec" \
+    "-DoutputDirectory=$TOOLS/zipkin" \
+    || die "mvn dependency:copy io.zipkin:zipkin-server:$ZIPKIN_VERSION failed (above): check the network to Maven Central, or set TESTBED_SKIP_ZIPKIN=1"
+  [[ -f "$ZIPKIN_JAR" ]] || die "Maven did not write $ZIPKIN_JAR"
+fi
+[[ -f "$ZIPKIN_JAR" ]] && say "zipkin $ZIPKIN_VERSION in tools/zipkin"
 
 # --- Prometheus and promtool (Debian) ------------------------------------------------------------
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then

@@ -9,6 +9,7 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from click.testing import CliRunner
@@ -539,3 +540,24 @@ def test_detection_section_shows_the_first_alert_and_the_times(tmp_path: Path) -
     data["detection"] = {"error": "cannot read alerts from Prometheus", "headline": "error"}
     html = write_report(write_journal(tmp_path / "run", data)).read_text(encoding="utf-8")
     assert "Alerts could not be read: cannot read alerts from Prometheus" in html
+
+
+def test_each_fault_links_to_its_traces_in_the_trace_ui(tmp_path: Path) -> None:
+    data = journal_data(tmp_path / "run")
+    data["stack"] = {"trace_ui": "http://127.0.0.1:20006"}
+    html = write_report(write_journal(tmp_path / "run", data)).read_text(encoding="utf-8")
+    links = [a["href"] for tag, a in parse(html).tags if tag == "a" and a.get("class") == "traces"]
+    assert len(links) == 2
+    slow, kill = (parse_qs(urlsplit(link or "").query) for link in links)
+    assert (links[0] or "").startswith("http://127.0.0.1:20006/zipkin/?")
+    assert slow["serviceName"] == ["payments"]
+    assert kill["serviceName"] == ["orders"]
+    # the fault's window, with a margin either side, in milliseconds
+    assert int(slow["startTs"][0]) == int((T0 + 10 - 2) * 1000)
+    assert int(slow["endTs"][0]) == int((T0 + 15 + 2) * 1000)
+    assert slow["lookback"] == ["range"]
+    # no trace UI recorded (an older journal, or --no-trace-ui): no column
+    del data["stack"]
+    html = write_report(write_journal(tmp_path / "run", data)).read_text(encoding="utf-8")
+    assert 'class="traces"' not in html
+    assert "<th>traces</th>" not in html

@@ -101,13 +101,21 @@ async def test_stack_lifecycle(tmp_path: Path, base_port: int) -> None:
     topology = tmp_path / "topology.yaml"
     topology.write_text(TOPOLOGY)
     run_dir = tmp_path / "run"
-    stack = await up(topology=topology, run_dir=run_dir, base_port=base_port, jaeger=False)
+    stack = await up(
+        topology=topology, run_dir=run_dir, base_port=base_port, jaeger=False, trace_ui=False
+    )
     load: Load | None = None
     loop_task: asyncio.Task[None] | None = None
     try:
         # -- up twice says already up, and where
         with pytest.raises(AlreadyUp, match=str(run_dir)):
-            await up(topology=topology, run_dir=run_dir, base_port=base_port, jaeger=False)
+            await up(
+                topology=topology,
+                run_dir=run_dir,
+                base_port=base_port,
+                jaeger=False,
+                trace_ui=False,
+            )
 
         # -- status: every instance running, ready, registered
         rows = {r.instance: r for r in await stack.status()}
