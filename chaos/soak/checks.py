@@ -85,12 +85,16 @@ def _bad(result: CheckResult, subject: str, message: str) -> None:
 
 def check_one_order_per_key(records: Sequence[CheckoutRecord]) -> CheckResult:
     result = _result(
-        "one_order_per_key", "every answer to one idempotency key named the same order", len(records)
+        "one_order_per_key",
+        "every answer to one idempotency key named the same order",
+        len(records),
     )
     for r in records:
         ids = r.order_ids()
         if len(ids) > 1:
-            _bad(result, f"key {r.key}", f"answered with {len(ids)} orders: {', '.join(sorted(ids))}")
+            _bad(
+                result, f"key {r.key}", f"answered with {len(ids)} orders: {', '.join(sorted(ids))}"
+            )
     return result
 
 
@@ -119,9 +123,7 @@ def _fmt(items: Mapping[str, int]) -> str:
     return ", ".join(f"{p}x{q}" for p, q in sorted(items.items())) or "nothing"
 
 
-def check_confirmations_kept(
-    records: Sequence[CheckoutRecord], snap: AuditSnapshot
-) -> CheckResult:
+def check_confirmations_kept(records: Sequence[CheckoutRecord], snap: AuditSnapshot) -> CheckResult:
     confirmed = [r for r in records if told(r) == "confirmed"]
     result = _result(
         "confirmations_kept",
@@ -141,7 +143,9 @@ def check_confirmations_kept(
             subject = f"order {order_id} (key {r.key})"
             order = stored.get(order_id)
             if order is None:
-                _bad(result, subject, "the client was told it is confirmed; orders does not know it")
+                _bad(
+                    result, subject, "the client was told it is confirmed; orders does not know it"
+                )
                 continue
             if copies[order_id] != 1:
                 _bad(result, subject, f"stored {copies[order_id]} times")
@@ -155,11 +159,17 @@ def check_confirmations_kept(
             asked = dict(r.items)
             got = {i.product_id: i.quantity for i in order.items}
             if got != asked:
-                _bad(result, subject, f"stored with {_fmt(got)}, the client asked for {_fmt(asked)}")
+                _bad(
+                    result, subject, f"stored with {_fmt(got)}, the client asked for {_fmt(asked)}"
+                )
             if charges.get(order_id, 0) != 1:
                 _bad(result, subject, f"charged {charges.get(order_id, 0)} times, expected once")
             if net.get(order_id, 0) != order.total_cents:
-                _bad(result, subject, f"net charge {net.get(order_id, 0)} != total {order.total_cents}")
+                _bad(
+                    result,
+                    subject,
+                    f"net charge {net.get(order_id, 0)} != total {order.total_cents}",
+                )
             if dict(committed.get(order_id, {})) != got:
                 _bad(
                     result,
