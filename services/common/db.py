@@ -15,13 +15,45 @@ ran. There is no migration library for aiosqlite that earns its weight here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import aiosqlite
 
+T = TypeVar("T")
 BUSY_TIMEOUT_MS = 10_000
+
+
+async def _to_the_end(call: Awaitable[T]) -> T:
+    """Await an aiosqlite call until its SQL has run, even if the caller is cancelled meanwhile.
+
+    aiosqlite runs the statement on its own thread whatever happens to the awaiting task, so a
+    cancelled ``await conn.execute("BEGIN")`` still begins a transaction; the caller must know
+    it did before it can end it. The cancellation is raised once the statement is over.
+    """
+    task = asyncio.ensure_future(call)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+            continue
+        if cancelled:
+            raise asyncio.CancelledError
+        return result
+
+
+async def _end_transaction(conn: aiosqlite.Connection) -> None:
+    """Roll back whatever transaction ``conn`` is in (none: nothing to do); never raises."""
+    with contextlib.suppress(Exception):
+        if conn.in_transaction:
+            await _to_the_end(conn.execute("ROLLBACK"))
 
 
 async def _connect(path: Path) -> aiosqlite.Connection:
@@ -66,23 +98,24 @@ class Database:
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """A write transaction: committed when the block ends, rolled back if it raises."""
         async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
             try:
+                await _to_the_end(self._writer.execute("BEGIN IMMEDIATE"))
                 yield self._writer
-            except BaseException:
-                await self._writer.execute("ROLLBACK")
-                raise
-            await self._writer.execute("COMMIT")
+                await _to_the_end(self._writer.execute("COMMIT"))
+            finally:
+                # BEGIN or the body or COMMIT failed or was cancelled: never leave the write
+                # lock held (the statement under way ends first: aiosqlite runs them in order)
+                await _to_the_end(_end_transaction(self._writer))
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[aiosqlite.Connection]:
         """A read transaction: every query in the block sees the same committed state."""
         async with self._read_lock:
-            await self._reader.execute("BEGIN")
             try:
+                await _to_the_end(self._reader.execute("BEGIN"))
                 yield self._reader
             finally:
-                await self._reader.execute("COMMIT")
+                await _to_the_end(_end_transaction(self._reader))
 
 
 async def _migrate(conn: aiosqlite.Connection, migrations: Sequence[str]) -> None:
