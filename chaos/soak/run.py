@@ -56,6 +56,8 @@ __all__ = ["SoakResult", "SoakSettings", "run_soak"]
 POLL_S = 1.0
 SETTLED_POLLS = 3
 """Convergence is declared after this many settled polls in a row."""
+RESEND_WITHIN_S = 60.0
+"""How long the reconcile pass may re-send checkouts before its clients give up."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -347,7 +349,11 @@ class Soak:
             rng = random.Random(f"{s.seed}:reconcile")
             sample = rng.sample(rest, k=min(s.resend_sample, len(rest)))
             clients.give_up.clear()
-            await clients.resend([*open_records, *sample])
+            resend = asyncio.create_task(clients.resend([*open_records, *sample]))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(resend), timeout=RESEND_WITHIN_S)
+            clients.give_up.set()
+            await resend
             self.summary["resent"] = {"open": len(open_records), "sample": len(sample)}
             self.progress(
                 f"re-sent {len(open_records)} unfinished and {len(sample)} finished checkouts"
