@@ -75,6 +75,8 @@ def create_app(
             yield
         finally:
             app[READINESS_KEY].ready = False
+            if CHECKOUT_KEY in app:
+                await app[CHECKOUT_KEY].close()
             await db.close()
 
     app.cleanup_ctx.append(http_session_ctx())
