@@ -165,6 +165,9 @@ def status(run_dir: Path | None) -> None:
             _yes_no(row.registered),
         )
     _console().print(table)
+    for row in rows:
+        if row.ready is False and row.not_ready_reason:
+            _console().print(f"{row.instance} not ready: {row.not_ready_reason}", markup=False)
 
 
 @cli.command()

@@ -37,6 +37,7 @@ from prometheus_client import (
 )
 
 from management.registration import install_registration
+from mesh.errors import TestbedError
 from mesh.process import ProcessConfig
 from observability.admin import add_fault_routes, make_admin_middleware
 from observability.fastlane import install_fast_lane
@@ -180,6 +181,9 @@ def run(
             runner.run(_serve(main_app, process, admin_app))
     except OSError as exc:  # e.g. the port is taken: one clear line, exit 1
         _log.error("listen_failed", host=process.host, port=process.port, error=str(exc))
+        raise SystemExit(1) from None
+    except TestbedError as exc:  # e.g. a database that stayed locked: one clear line, exit 1
+        _log.error("startup_failed", error=str(exc))
         raise SystemExit(1) from None
 
 
