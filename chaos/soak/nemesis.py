@@ -174,7 +174,8 @@ class Nemesis:
     by_component: dict[str, Counter[str]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     last_end: float | None = None
-    """Wall-clock time the last fault was rolled back."""
+    """Wall-clock time the last fault ended: a freeze or cut when rolled back, a kill when
+    dealt (the instance's restart counts in the convergence time, not before it)."""
     _active: dict[str, tuple[Fault, dict[str, Any]]] = field(default_factory=dict)
     _rolling: set[asyncio.Task[None]] = field(default_factory=set)
     _ids: int = 0
@@ -220,6 +221,8 @@ class Nemesis:
             # a half-applied fault is still rolled back below
         else:
             self.journal.fault_status(entry, FaultStatus.APPLIED)
+            if p.kind == "kill":  # a kill is over once dealt; coming back is recovery
+                self._ended()
             self.applied[p.kind] += 1
             self.by_component.setdefault(p.component, Counter())[p.kind] += 1
             self.on_event(f"{p.kind} {p.instance}" + (f" ({p.variant})" if p.variant else ""))
@@ -246,7 +249,11 @@ class Nemesis:
         else:
             if entry["status"] != FaultStatus.APPLY_FAILED.value:
                 self.journal.fault_status(entry, FaultStatus.ROLLED_BACK, details=fault.details)
-        self.last_end = time.time()
+        if fault.spec.type != "process.kill":
+            self._ended()
+
+    def _ended(self) -> None:
+        self.last_end = max(self.last_end or 0.0, time.time())
 
     async def rollback_all(self) -> None:
         """Roll back whatever is still active and wait for every rollback under way."""

@@ -5,10 +5,11 @@ Phases (each in the journal's timeline):
 1. ``preflight`` — the stack runs the saga, every instance is ready, Toxiproxy answers.
 2. ``storm`` — the clients check out for ``duration`` seconds; after ``warmup`` the nemesis
    applies its schedule (``chaos.soak.nemesis``). When the schedule ends every fault is rolled
-   back, clients stop starting checkouts and finish the one they are on.
-3. ``converge`` — from the end of the last fault, the stack is polled every second: every
-   instance ready and registered, no order and no charge pending. The convergence time is the
-   first settled poll that stays settled; it must be within ``converge_within``.
+   back and clients stop starting checkouts (they finish, with retries, the one they are on).
+3. ``converge`` — from the end of the last fault (a freeze or cut rolled back, a kill dealt),
+   the stack is polled every second: every instance ready and registered, no order and no
+   charge pending. The convergence time is the first settled poll that stays settled (three
+   polls); it must be within ``converge_within``.
 4. ``reconcile`` — the checkouts the clients never heard the end of, and a sample of the others,
    are sent once more with the same key and body, as a client would; every answer must name the
    order the key had before.
@@ -231,10 +232,15 @@ class Soak:
             client_task = asyncio.create_task(clients.run(), name="soak-clients")
             ticker = asyncio.create_task(self._ticker(clients, nemesis), name="soak-progress")
             try:
-                await self._storm(clients, nemesis, client_task)
+                await self._storm(clients, nemesis)
                 faults_end = nemesis.last_end or time.time()
                 self._record_storm(clients, nemesis)
                 await self._converge(session, faults_end)
+                # clients that were still retrying while the stack converged stop now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(client_task), timeout=s.client_grace)
+                clients.give_up.set()
+                await client_task
                 await self._reconcile(clients, session)
                 await self._verify(clients, session)
             finally:
@@ -247,9 +253,7 @@ class Soak:
                 self._record_storm(clients, nemesis)
                 self.violations += [f"nemesis: {f}" for f in nemesis.failures if "rolling" in f]
 
-    async def _storm(
-        self, clients: Clients, nemesis: Nemesis, client_task: asyncio.Task[None]
-    ) -> None:
+    async def _storm(self, clients: Clients, nemesis: Nemesis) -> None:
         s = self.settings
         with self.journal.phase("storm"):
             await asyncio.sleep(s.warmup)
@@ -265,10 +269,6 @@ class Soak:
                 await asyncio.shield(nemesis_task)
             clients.stop.set()
             self.progress("storm over: every fault rolled back; clients finish their checkouts")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(client_task), timeout=s.client_grace)
-            clients.give_up.set()
-            await client_task
 
     async def _ticker(self, clients: Clients, nemesis: Nemesis) -> None:
         started = time.monotonic()
