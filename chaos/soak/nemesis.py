@@ -37,8 +37,6 @@ from chaos.targets import Unit
 
 __all__ = ["FaultPlan", "Nemesis", "NemesisSettings", "SoakTarget", "plan", "targets_of"]
 
-ROLLBACK_TIMEOUT_S = 45.0
-
 
 @dataclass(frozen=True, kw_only=True)
 class NemesisSettings:
@@ -173,6 +171,9 @@ class Nemesis:
     applied: Counter[str] = field(default_factory=Counter)
     by_component: dict[str, Counter[str]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    """Faults that could not be applied or rolled back (for the journal)."""
+    unrolled: list[str] = field(default_factory=list)
+    """Freezes and cuts whose rollback failed: they may still be in effect (a violation)."""
     last_end: float | None = None
     """Wall-clock time the last fault ended: a freeze or cut when rolled back, a kill when
     dealt (the instance's restart counts in the convergence time, not before it)."""
@@ -241,11 +242,15 @@ class Nemesis:
             return
         fault, entry = found
         try:
-            await asyncio.wait_for(fault.rollback(), timeout=ROLLBACK_TIMEOUT_S)
+            # a kill's rollback waits for the restart, then starts it itself if need be
+            within = 2 * self.settings.recover_within + 15.0
+            await asyncio.wait_for(fault.rollback(), timeout=within)
         except Exception as exc:
             message = str(exc) or type(exc).__name__
             self.journal.fault_status(entry, FaultStatus.ROLLBACK_FAILED, error=message)
             self.failures.append(f"rolling back {fault.describe()}: {message}")
+            if fault.spec.type != "process.kill":  # a kill's instance is judged by readiness
+                self.unrolled.append(f"{fault.describe()}: {message}")
         else:
             if entry["status"] != FaultStatus.APPLY_FAILED.value:
                 self.journal.fault_status(entry, FaultStatus.ROLLED_BACK, details=fault.details)

@@ -251,7 +251,7 @@ class Soak:
                 client_task.cancel()
                 await asyncio.gather(client_task, ticker, return_exceptions=True)
                 self._record_storm(clients, nemesis)
-                self.violations += [f"nemesis: {f}" for f in nemesis.failures if "rolling" in f]
+                self.violations += [f"fault not rolled back: {f}" for f in nemesis.unrolled]
 
     async def _storm(self, clients: Clients, nemesis: Nemesis) -> None:
         s = self.settings
@@ -276,11 +276,12 @@ class Soak:
             await asyncio.sleep(10.0)
             told_counts = clients.stats.summary(clients.records)
             applied = ", ".join(f"{k} {v}" for k, v in sorted(nemesis.applied.items())) or "none"
+            answers = ", ".join(f"{k} {v}" for k, v in sorted(clients.stats.outcomes.items()))
             self.progress(
                 f"  {time.monotonic() - started:5.0f} s  checkouts {told_counts['checkouts']}"
                 f" (confirmed {told_counts['confirmed']}, failed {told_counts['failed']},"
                 f" pending {told_counts['pending']}, unanswered {told_counts['unanswered']});"
-                f" retries {told_counts['retries']}; faults: {applied}"
+                f" retries {told_counts['retries']}; answers: {answers}; faults: {applied}"
             )
 
     def _record_storm(self, clients: Clients, nemesis: Nemesis) -> None:
