@@ -299,7 +299,7 @@ def _add_component_commands() -> None:
     from chaos.cli import chaos, load
     from chaos.demo import demo
     from chaos.traces_cli import traces
-    from services.audit_cli import audit
+    from management.audit_cli import audit
 
     for command in (audit, chaos, load, demo, traces):
         cli.add_command(command)

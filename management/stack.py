@@ -33,7 +33,6 @@ from management.jaeger import jaeger_config
 from management.plan import DEFAULT_BASE_PORT, LOCALHOST, InstancePlan, Plan, build_plan
 from management.ports import check_ports_free
 from management.prometheus import write_prometheus_files, write_targets
-from management.registry_client import RegistryClient, RegistryError
 from management.supervisor import (
     MARKER_ENV,
     ProgramSpec,
@@ -48,6 +47,7 @@ from management.supervisor import (
 from management.topology import MAX_INSTANCES, Topology, load_topology, parse_topology
 from management.toxiproxy import INSTALL_HINT, ToxiproxyClient, ToxiproxyError, find_binary
 from mesh.errors import ConfigError, TestbedError
+from mesh.registry_client import RegistryClient, RegistryError
 
 __all__ = [
     "AlreadyUp",
@@ -340,7 +340,7 @@ class Stack:
         with its planned version; fail early (with its log) if supervisord gives up on one.
 
         With ``registration_grace``, an instance ready that long without registering is let
-        through with a warning (its process does not hook in ``management.registration``).
+        through with a warning (its process does not hook in ``mesh.registration``).
         """
         pending = {i.instance_id: i for i in instances}
         ready_since: dict[str, float] = {}
@@ -378,7 +378,7 @@ class Stack:
                         self.progress(
                             f"warning: {inst.instance_id} is ready but did not register "
                             f"within {registration_grace:g}s (does its app call "
-                            "management.registration.install_registration?)"
+                            "mesh.registration.install_registration?)"
                         )
                     del pending[inst.instance_id]
                     self.progress(f"{inst.instance_id} ready ({time.monotonic() - started:.1f}s)")

@@ -36,9 +36,9 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-from management.registration import install_registration
 from mesh.errors import TestbedError
 from mesh.process import ProcessConfig
+from mesh.registration import install_registration
 from observability.admin import add_fault_routes, make_admin_middleware
 from observability.fastlane import install_fast_lane
 from observability.faults import FaultController

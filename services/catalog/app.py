@@ -13,7 +13,7 @@ from services.catalog.config import Config
 from services.catalog.handlers import CONFIG_KEY, STORE_KEY, service
 from services.catalog.store import MIGRATIONS, CatalogStore
 from services.common.runtime import database_path
-from services.common.write_watch import watched_database
+from services.common.write_watch import open_database
 
 
 def create_app(
@@ -27,15 +27,14 @@ def create_app(
     app[READINESS_KEY].ready = False
 
     async def database(app: web.Application) -> AsyncIterator[None]:
-        async with watched_database(
-            app, database_path(config.process), MIGRATIONS, config.db
-        ) as db:
-            try:
-                app[STORE_KEY] = await CatalogStore.open(db, seed_count=config.seed_products)
-                app[READINESS_KEY].ready = True
-                yield
-            finally:
-                app[READINESS_KEY].ready = False
+        db = await open_database(app, database_path(config.process), MIGRATIONS, config.db)
+        try:
+            app[STORE_KEY] = await CatalogStore.open(db, seed_count=config.seed_products)
+            app[READINESS_KEY].ready = True
+            yield
+        finally:
+            app[READINESS_KEY].ready = False
+            await db.close()
 
     app.cleanup_ctx.append(database)
     service.add_routes(app)

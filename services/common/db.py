@@ -32,7 +32,7 @@ import asyncio
 import random
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +40,7 @@ from typing import TypeVar
 
 import aiosqlite
 
-from mesh.errors import TestbedError
+from mesh.errors import ConfigError, TestbedError
 from mesh.process import env_float
 from observability.logs import get_logger
 
@@ -70,6 +70,13 @@ class DbSettings:
     probe_interval: float = 1.0
     stall_after: float = 3.0
     exit_after: float = 25.0
+
+    def __post_init__(self) -> None:
+        if self.exit_after <= self.stall_after:
+            raise ConfigError(
+                f"TESTBED_DB_WEDGED_EXIT_S={self.exit_after:g} must be above "
+                f"TESTBED_DB_STALL_S={self.stall_after:g} (report not ready first, exit later)"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DbSettings:
@@ -129,6 +136,15 @@ async def _settle(aw: Awaitable[T]) -> T:
         raise
 
 
+def _inside(conn: aiosqlite.Connection) -> bool:
+    """Whether ``conn`` is inside a transaction; a connection that cannot say counts as inside
+    (it will be replaced)."""
+    try:
+        return bool(conn.in_transaction)
+    except (ValueError, sqlite3.Error):
+        return True
+
+
 async def _execute(conn: aiosqlite.Connection, sql: str) -> None:
     cursor = await conn.execute(sql)
     await cursor.close()
@@ -148,7 +164,7 @@ class _Slot:
     async def get(self) -> aiosqlite.Connection:
         if self.conn is None:
             self.conn = await _connect(self.path, self.busy_timeout)
-        elif self.conn.in_transaction:  # never expected: _end leaves none behind
+        elif _inside(self.conn):  # never expected: _end leaves none behind
             _log.error("database_left_in_transaction", path=str(self.path), role=self.role)
             await self._end()
             if self.conn is None:
@@ -174,11 +190,11 @@ class _Slot:
         if conn is None:
             return
         try:
-            if conn.in_transaction:
+            if _inside(conn):
                 await _execute(conn, "ROLLBACK")
         except Exception as exc:  # re-checked below: SQLite may have rolled back by itself
             _log.warning("database_rollback_failed", path=str(self.path), error=str(exc))
-        if conn.in_transaction:
+        if _inside(conn):
             _log.error("database_connection_replaced", path=str(self.path), role=self.role)
             self.conn = None
             try:
@@ -209,6 +225,7 @@ class Database:
         self._reader = _Slot(path, reader, self.settings.busy_timeout, "reader")
         self.last_write_ok = time.monotonic()
         self.last_write_error = ""
+        self._close_hooks: list[Callable[[], Awaitable[None]]] = []
 
     @classmethod
     async def open(
@@ -265,7 +282,14 @@ class Database:
             raise
         return cls(path, writer, reader, settings)
 
+    def on_close(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` first when the database closes (a watch of it stops, say)."""
+        self._close_hooks.append(hook)
+
     async def close(self) -> None:
+        for hook in reversed(self._close_hooks):
+            await hook()
+        self._close_hooks.clear()
         await self._writer.close()
         await self._reader.close()
 

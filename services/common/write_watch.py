@@ -16,8 +16,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -95,27 +94,27 @@ class WriteWatch:
             _log.warning("database_write_probe_failed", path=str(self.db.path), error=str(error))
 
 
-@asynccontextmanager
-async def watched_database(
+async def open_database(
     app: web.Application,
     path: Path,
     migrations: Sequence[str],
     settings: DbSettings,
     *,
     on_wedged: Callable[[str], None] = exit_wedged,
-) -> AsyncIterator[Database]:
-    """Open the database (retrying while busy), and watch its write path while the block runs:
+) -> Database:
+    """Open the database (retrying while busy) and watch its write path until it is closed:
     ``/readyz`` fails while it is stuck, the process exits when it stays stuck."""
     db = await Database.open(path, migrations, settings=settings)
     watch = WriteWatch(db, on_wedged=on_wedged)
     readiness = app[READINESS_KEY]
     task = asyncio.create_task(watch.run(), name="database-write-watch")
     readiness.add_check("database", watch.problem)
-    try:
-        yield db
-    finally:
+
+    async def stop() -> None:
         readiness.remove_check("database")
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await db.close()
+
+    db.on_close(stop)
+    return db

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from observability.app import READINESS_KEY, create_base_app
 from services.common.runtime import database_path, periodic_ctx
-from services.common.write_watch import watched_database
+from services.common.write_watch import open_database
 from services.inventory.config import Config
 from services.inventory.handlers import STORE_KEY, service
 from services.inventory.store import MIGRATIONS, InventoryStore
@@ -30,17 +30,16 @@ def create_app(
     app[READINESS_KEY].ready = False
 
     async def database(app: web.Application) -> AsyncIterator[None]:
-        async with watched_database(
-            app, database_path(config.process), MIGRATIONS, config.db
-        ) as db:
-            try:
-                app[STORE_KEY] = await InventoryStore.open(
-                    db, consistency=config.consistency, seed_count=config.seed_products
-                )
-                app[READINESS_KEY].ready = True
-                yield
-            finally:
-                app[READINESS_KEY].ready = False
+        db = await open_database(app, database_path(config.process), MIGRATIONS, config.db)
+        try:
+            app[STORE_KEY] = await InventoryStore.open(
+                db, consistency=config.consistency, seed_count=config.seed_products
+            )
+            app[READINESS_KEY].ready = True
+            yield
+        finally:
+            app[READINESS_KEY].ready = False
+            await db.close()
 
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(periodic_ctx("inventory-expiry", config.expiry_interval, _expire))

@@ -10,8 +10,8 @@ from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
-from management.discovery import discovery_for
 from mesh.discovery import Discovery
+from mesh.registry_discovery import discovery_for
 from observability.app import READINESS_KEY, REGISTRY_KEY, create_base_app
 from services.common.consistency import Consistency
 from services.common.crash import CrashSwitch
@@ -24,7 +24,7 @@ from services.common.runtime import (
     periodic_ctx,
     rpc_client,
 )
-from services.common.write_watch import watched_database
+from services.common.write_watch import open_database
 from services.orders.checkout import Checkout, SagaMetrics
 from services.orders.config import Config
 from services.orders.handlers import CHECKOUT_KEY, SAGA_TASKS_KEY, service
@@ -51,33 +51,34 @@ def create_app(
     metrics = SagaMetrics(app[REGISTRY_KEY])
 
     async def database(app: web.Application) -> AsyncIterator[None]:
-        async with watched_database(app, database_path(process), MIGRATIONS, config.db) as db:
-            try:
-                app[CHECKOUT_KEY] = Checkout(
-                    OrdersStore(db),
-                    RpcSagaUpstreams(
-                        inventory=rpc_client(app, "inventory", process),
-                        payments=rpc_client(app, "payments", process),
-                        consistency=config.consistency,
-                        reservation_ttl=config.saga.reservation_ttl,
-                        call_timeout=config.call_timeout,
-                        charge_timeout=config.charge_timeout,
-                    ),
-                    CatalogPrices(rpc_client(app, "catalog", process), config.call_timeout),
-                    settings=config.saga,
+        db = await open_database(app, database_path(process), MIGRATIONS, config.db)
+        try:
+            app[CHECKOUT_KEY] = Checkout(
+                OrdersStore(db),
+                RpcSagaUpstreams(
+                    inventory=rpc_client(app, "inventory", process),
+                    payments=rpc_client(app, "payments", process),
                     consistency=config.consistency,
-                    crash=app[CRASH_KEY],
-                    # a new owner per process start; the restarted instance takes the leases
-                    # of its earlier run back at its first recovery pass (OrdersStore)
-                    owner=f"{process.instance_id}/{uuid.uuid4().hex[:8]}",
-                    metrics=metrics,
-                )
-                app[READINESS_KEY].ready = True
-                yield
-            finally:
-                app[READINESS_KEY].ready = False
-                if CHECKOUT_KEY in app:
-                    await app[CHECKOUT_KEY].close()
+                    reservation_ttl=config.saga.reservation_ttl,
+                    call_timeout=config.call_timeout,
+                    charge_timeout=config.charge_timeout,
+                ),
+                CatalogPrices(rpc_client(app, "catalog", process), config.call_timeout),
+                settings=config.saga,
+                consistency=config.consistency,
+                crash=app[CRASH_KEY],
+                # a new owner per process start; the restarted instance takes the leases of
+                # its earlier run back at its first recovery pass (OrdersStore)
+                owner=f"{process.instance_id}/{uuid.uuid4().hex[:8]}",
+                metrics=metrics,
+            )
+            app[READINESS_KEY].ready = True
+            yield
+        finally:
+            app[READINESS_KEY].ready = False
+            if CHECKOUT_KEY in app:
+                await app[CHECKOUT_KEY].close()
+            await db.close()
 
     app.cleanup_ctx.append(http_session_ctx())
     app.cleanup_ctx.append(database)

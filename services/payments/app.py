@@ -17,7 +17,7 @@ from services.common.runtime import (
     database_path,
     periodic_ctx,
 )
-from services.common.write_watch import watched_database
+from services.common.write_watch import open_database
 from services.payments.charging import Payments
 from services.payments.config import Config
 from services.payments.handlers import PAYMENTS_KEY, provider_settings, service
@@ -36,20 +36,19 @@ def create_app(
     app[CRASH_KEY] = CrashSwitch(config.crash_after)
 
     async def database(app: web.Application) -> AsyncIterator[None]:
-        async with watched_database(
-            app, database_path(config.process), MIGRATIONS, config.db
-        ) as db:
-            try:
-                app[PAYMENTS_KEY] = Payments(
-                    PaymentsStore(db),
-                    PaymentProvider(config.provider),
-                    consistency=config.consistency,
-                    crash=app[CRASH_KEY],
-                )
-                app[READINESS_KEY].ready = True
-                yield
-            finally:
-                app[READINESS_KEY].ready = False
+        db = await open_database(app, database_path(config.process), MIGRATIONS, config.db)
+        try:
+            app[PAYMENTS_KEY] = Payments(
+                PaymentsStore(db),
+                PaymentProvider(config.provider),
+                consistency=config.consistency,
+                crash=app[CRASH_KEY],
+            )
+            app[READINESS_KEY].ready = True
+            yield
+        finally:
+            app[READINESS_KEY].ready = False
+            await db.close()
 
     async def recover(app: web.Application) -> None:
         await app[PAYMENTS_KEY].resolve_pending(older_than_seconds=config.pending_grace)

@@ -22,8 +22,8 @@ import pytest
 from click.testing import CliRunner
 
 from management.cli import cli
-from management.registry_client import RegistryClient
 from management.stack import AlreadyUp, Stack, _marked_pids, _pid_alive, down, up
+from mesh.registry_client import RegistryClient
 from tests.support.processes import REPO_ROOT
 
 pytestmark = pytest.mark.slow

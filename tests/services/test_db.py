@@ -22,6 +22,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
+from mesh.errors import ConfigError
 from services.common.db import Database, DatabaseUnavailable, DbSettings
 from services.common.write_watch import WriteWatch
 
@@ -339,3 +340,65 @@ async def test_write_watch_recovers_when_the_lock_is_released(tmp_path: Path) ->
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await db.close()
+
+
+async def test_a_connection_found_inside_a_transaction_is_brought_back(db: Database) -> None:
+    """The issue's symptom: something left the writer inside a transaction (here a BEGIN sent
+    around ``Database``); the next block rolls it back instead of failing for ever."""
+    conn = await writer_of(db)
+    await conn.execute("BEGIN IMMEDIATE")
+    await conn.execute("INSERT INTO item (name) VALUES ('stray')")
+    assert conn.in_transaction
+    async with db.transaction() as c:
+        await c.execute("INSERT INTO item (name) VALUES ('next')")
+    assert names(db.path) == ["next"]
+    await assert_clean(db, conn)
+
+
+async def test_write_watch_sees_a_write_path_hung_in_this_process(tmp_path: Path) -> None:
+    settings = DbSettings(busy_timeout=0.2, probe_interval=0.1, stall_after=0.4, exit_after=1.0)
+    db = await Database.open(tmp_path / "h.sqlite3", MIGRATIONS, settings=settings)
+    conn = await writer_of(db)
+    callback, started = stall_on("BEGIN", 2.0)  # aiosqlite's thread stuck in one statement
+    wedged: list[str] = []
+    watch = WriteWatch(db, on_wedged=wedged.append)
+    await conn.set_trace_callback(callback)
+    task = asyncio.create_task(watch.run())
+    try:
+        await asyncio.wait_for(task, 20)  # returns once it called on_wedged, probe still hung
+        assert started.is_set()
+        assert len(wedged) == 1
+        assert "waiting for the write lock" in wedged[0]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await conn.set_trace_callback(no_trace)
+        await db.close()
+
+
+async def test_a_writer_that_cannot_roll_back_is_replaced(db: Database) -> None:
+    """A connection that cannot answer (closed under ``Database``'s feet: ROLLBACK fails too)
+    is closed and replaced by a fresh one, instead of failing every write after it."""
+    conn = await writer_of(db)
+    await conn.close()
+    async with db.transaction() as fresh:
+        await fresh.execute("INSERT INTO item (name) VALUES ('fresh')")
+    assert fresh is not conn
+    await assert_clean(db, fresh)
+    assert "fresh" in names(db.path)
+
+
+def test_settings_from_the_environment() -> None:
+    settings = DbSettings.from_env(
+        {
+            "TESTBED_DB_BUSY_TIMEOUT_MS": "250",
+            "TESTBED_DB_STALL_S": "2",
+            "TESTBED_DB_WEDGED_EXIT_S": "9",
+        }
+    )
+    assert (settings.busy_timeout, settings.stall_after, settings.exit_after) == (0.25, 2, 9)
+    with pytest.raises(ConfigError, match="TESTBED_DB_WEDGED_EXIT_S"):
+        DbSettings.from_env({"TESTBED_DB_STALL_S": "30"})
+    with pytest.raises(ConfigError, match="TESTBED_DB_BUSY_TIMEOUT_MS"):
+        DbSettings.from_env({"TESTBED_DB_BUSY_TIMEOUT_MS": "soon"})
