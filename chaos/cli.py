@@ -127,6 +127,11 @@ def report_cmd(journal: Path) -> None:
     """(Re)render the HTML report of a run from its journal.json (or the run's folder)."""
     path = journal / "journal.json" if journal.is_dir() else journal
     try:
+        if json.loads(path.read_text("utf-8")).get("source") == "soak":
+            from chaos.soak.report import write_soak_report
+
+            click.echo(write_soak_report(path))
+            return
         click.echo(write_report(path))
     except (OSError, ValueError) as exc:
         click.echo(f"{path}: cannot render a report: {exc}", err=True)
