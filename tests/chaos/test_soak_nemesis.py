@@ -92,3 +92,21 @@ def test_one_seed_one_schedule() -> None:
     first = plan(targets, seed=5, duration=60.0, settings=settings)
     assert first == plan(targets, seed=5, duration=60.0, settings=settings)
     assert first != plan(targets, seed=6, duration=60.0, settings=settings)
+
+
+def test_every_planned_fault_can_be_rebuilt_from_its_journal_record() -> None:
+    """``testbed chaos rollback`` undoes a crashed soak's faults from their records."""
+    from chaos.faults import FaultContext, build_fault, fault_from_record
+    from chaos.faults.processes import SignalControl
+    from chaos.soak.nemesis import _spec
+
+    settings = NemesisSettings()
+    targets = {t.unit.id: t for t in targets_of(stack())}
+    ctx = FaultContext(stack(), None, None, SignalControl())  # type: ignore[arg-type]
+    faults = plan(list(targets.values()), seed=3, duration=60.0, settings=settings)
+    assert {f.kind for f in faults} == {"kill", "freeze", "cut"}
+    for p in faults:
+        fault = build_fault("soak1", _spec(p, settings), [targets[p.instance].unit], ctx)
+        again = fault_from_record(fault.record(), ctx)
+        assert again.spec == fault.spec
+        assert [u.id for u in again.units] == [p.instance]
