@@ -66,8 +66,11 @@ class SagaSettings:
     """After an uncertain outcome, how soon recovery tries again (doubled at each failed try)."""
     retry_max: float = 4.0
     """The cap of that backoff: a waiting saga is tried again at least this often."""
-    recovery_batch: int = 50
-    """At most this many sagas driven by recovery at once, per process."""
+    recovery_batch: int = 8
+    """At most this many sagas driven by recovery at once, per process: after a storm hundreds
+    of sagas may wait, and driving them all at once would stampede the upstreams as they come
+    back (timeouts, breakers opening again); a few at a time, each taking well under a second
+    once the upstreams answer, drains them faster."""
 
 
 class SagaMetrics:
