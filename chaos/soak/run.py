@@ -43,10 +43,13 @@ from chaos.journal import Journal, Verdict
 from chaos.soak.checks import Sample, convergence_seconds, cross_check, told
 from chaos.soak.clients import Clients, ClientSettings
 from chaos.soak.nemesis import Nemesis, NemesisSettings, plan, targets_of
+from chaos.soak.report import try_write_soak_report
 from chaos.stack import StackInfo, from_management
 from management.stack import Stack, open_stack
 from mesh.discovery import StaticDiscovery
 from mesh.errors import TestbedError
+from mesh.resilience import profile_named
+from mesh.rpc import RpcClient, RpcError
 from services.audit import gather_snapshot
 from services.audit_checks import CheckResult, run_checks
 from services.orders import api as orders_api
@@ -113,9 +116,6 @@ async def _pending(
     info: StackInfo, session: aiohttp.ClientSession
 ) -> tuple[int | None, int | None]:
     """Orders and charges still pending (None: that service did not answer)."""
-    from mesh.resilience import profile_named
-    from mesh.rpc import RpcClient, RpcError
-
     profile = profile_named("basic")
     orders = RpcClient(session, _direct(info, "orders"), "orders", profile=profile, caller="soak")
     payments = RpcClient(
@@ -421,8 +421,6 @@ async def run_soak(
 ) -> SoakResult:
     """Run one soak against the stack that is up; the journal and report go under
     ``<run>/chaos/<time>-soak-seed<seed>/``."""
-    from chaos.soak.report import try_write_soak_report
-
     stack = open_stack(run_dir)
     info = await from_management(stack)
     out = info.run_dir / "chaos" / f"{time.strftime('%Y%m%d-%H%M%S')}-soak-seed{settings.seed}"
