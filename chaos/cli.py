@@ -210,9 +210,15 @@ def soak_cmd(
     took = s.get("convergence_s")
     click.echo(
         "convergence: "
-        + ("never" if took is None else f"{took:.1f} s")
+        + (
+            "not measured"
+            if "convergence_s" not in s
+            else ("never" if took is None else f"{took:.1f} s")
+        )
         + f" (bound {s.get('convergence_bound_s', converge_within):g} s);"
-        f" instances not ready at the end: {len(s.get('not_ready') or [])};"
+        " instances not ready at the end: "
+        + ("n/a" if s.get("not_ready") is None else str(len(s["not_ready"])))
+        + ";"
         f" confirmations missing: {s.get('missing_confirmations', 'n/a')}"
     )
     if result.error:
