@@ -6,11 +6,14 @@ the hypothesis, a timeline of what users saw (request rate, error ratio, p99 fro
 it, the probes, the faults, the data audit and — when the journal has one — the localisation
 result. ``write_demo_index(run_dir, results)`` writes ``demo.html`` linking every report.
 
+The pages are Jinja2 templates (``chaos/templates/``, autoescaped): this module reads the
+journal into plain data — strings and numbers already formatted — and the templates lay it out.
 The charts are inline SVG drawn here rather than with a plotting library: a report must open
 from a file, offline, with no JavaScript, and the few shapes it needs (bars and lines over
 time, shaded windows, a bar list) take less code than adapting a library would; matplotlib
-would be a heavy new dependency for three small panels. The HTML is built with f-strings and
-``html.escape`` for the same reason (every value from the journal goes through ``_e``).
+would be a heavy new dependency for three small panels. They are the only markup handed to the
+templates, marked safe deliberately in ``timeline_svg`` and ``sparkline_svg``: every text drawn
+in them goes through ``_e`` first.
 
 The journal is read defensively: a crashed or older run can lack any field, so every access
 goes through small coercing helpers and a missing part renders as "not recorded", never as an
@@ -31,6 +34,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import jinja2
+from markupsafe import Markup
 
 from load.stats import AGGREGATED, LocustStats
 from observability.logs import get_logger
@@ -561,8 +567,11 @@ def _thresholds(run: Run) -> list[tuple[Threshold, str, str]]:
     return out
 
 
-def timeline_svg(run: Run) -> str:
-    """Request rate, error ratio and p99 over time with phases, faults and aborts drawn on."""
+def timeline_svg(run: Run) -> Markup:
+    """Request rate, error ratio and p99 over time with phases, faults and aborts drawn on.
+
+    Markup for the template: every text in it (titles, labels, tooltips) is escaped here.
+    """
     tracks = run.tracks
     agg = tracks.get(AGGREGATED)
     times = [p.start for p in run.phases] + [p.end for p in run.phases if p.end is not None]
@@ -574,7 +583,7 @@ def timeline_svg(run: Run) -> str:
         if value is not None:
             times.append(value)
     if not times:
-        return '<p class="muted">Nothing was recorded on the timeline.</p>'
+        return Markup('<p class="muted">Nothing was recorded on the timeline.</p>')
     t0 = run.t0 if run.t0 is not None else min(times)
     lo, hi = min(times), max(times)
     if hi - lo < 1:
@@ -810,7 +819,7 @@ def timeline_svg(run: Run) -> str:
         )
     )
     out.append("</svg>")
-    return "\n".join(out)
+    return Markup("\n".join(out))  # safe: every text inside went through _e
 
 
 def _panel_body(
@@ -881,13 +890,16 @@ def _area(
     return out
 
 
-def sparkline_svg(run: Run, width: float = 220.0, height: float = 40.0) -> str:
-    """A small picture of the run for the demo index: load bars, failures, fault windows."""
+def sparkline_svg(run: Run, width: float = 220.0, height: float = 40.0) -> Markup:
+    """A small picture of the run for the demo index: load bars, failures, fault windows.
+
+    Markup for the template: it holds numbers and colours only, no text.
+    """
     agg = run.tracks.get(AGGREGATED)
     times = [w.start for w in run.windows] + [w.end for w in run.windows if w.end is not None]
     times += [p.start for p in run.phases] + ([*agg.ts] if agg is not None else [])
     if not times:
-        return ""
+        return Markup("")
     lo, hi = min(times), max(max(times), min(times) + 1)
     x = _Scale(lo, hi, 1, width - 1)
     out = [
@@ -921,87 +933,29 @@ def sparkline_svg(run: Run, width: float = 220.0, height: float = 40.0) -> str:
             f'stroke="{ABORT}" stroke-width="1.5"/>'
         )
     out.append("</svg>")
-    return "".join(out)
+    return Markup("".join(out))  # safe: numbers and colours only
 
 
-# -- HTML sections ---------------------------------------------------------------------------------
-CSS = """
-:root { --ink:#1f2430; --muted:#6b7280; --line:#e5e7eb; --bg:#f7f8fa; }
-* { box-sizing: border-box; }
-body { margin:0; background:var(--bg); color:var(--ink);
-  font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif; }
-main { max-width:1080px; margin:0 auto; padding:24px 28px 40px; }
-h1 { font-size:24px; margin:0 0 6px; line-height:1.25; }
-h2 { font-size:16px; margin:28px 0 10px; }
-.muted { color:var(--muted); }
-.card { background:#fff; border:1px solid var(--line); border-radius:10px; padding:16px 18px; }
-.head { display:flex; gap:18px; align-items:flex-start; }
-.head .grow { flex:1; min-width:0; }
-.badge { display:inline-block; padding:6px 14px; border-radius:999px; color:#fff; font-weight:700;
-  letter-spacing:.03em; text-transform:uppercase; font-size:14px; white-space:nowrap; }
-.badge.small { padding:2px 9px; font-size:11px; }
-.passed { background:#1d8a4e; } .failed { background:#c62f3a; } .shown { background:#6d3fc0; }
-.aborted { background:#c47f0a; } .error { background:#6b1d2a; } .unknown { background:#6b7280; }
-.expect { font-size:12.5px; margin-top:6px; font-weight:600; white-space:nowrap; }
-.expect.yes { color:#1d8a4e; } .expect.no { color:#c62f3a; }
-.why { margin:8px 0 0; font-size:15px; }
-blockquote { margin:12px 0 0; padding:8px 14px; border-left:4px solid #c7d2fe; background:#f5f7ff;
-  border-radius:0 8px 8px 0; }
-.meta { font-size:12.5px; margin-top:8px; }
-.tiles { display:grid; grid-template-columns:repeat(auto-fill,minmax(170px,1fr)); gap:12px;
-  margin-top:16px; }
-.tile { background:#fff; border:1px solid var(--line); border-radius:10px; padding:10px 14px; }
-.tile .v { font-size:22px; font-weight:700; } .tile .k { font-size:12px; color:var(--muted); }
-.tile.good .v { color:#1d8a4e; } .tile.bad .v { color:#c62f3a; }
-svg.chart { width:100%; height:auto; display:block; }
-table { width:100%; border-collapse:collapse; background:#fff; font-size:13px; }
-th, td { text-align:left; padding:6px 10px; border-bottom:1px solid var(--line);
-  vertical-align:top; }
-td b { white-space:nowrap; }
-a { color:#2f4f8f; } a.exp { font-weight:600; }
-th { font-size:11.5px; text-transform:uppercase; letter-spacing:.04em; color:var(--muted);
-  background:#fafbfc; }
-td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; }
-tr.group td { background:#f3f4f6; font-weight:600; font-size:12px; color:#374151; }
-.m-ok { color:#1d8a4e; font-weight:700; } .m-bad { color:#c62f3a; font-weight:700; }
-.detail { color:var(--muted); font-size:12px; word-break:break-word; }
-.chip { display:inline-block; border-radius:6px; padding:1px 7px; font-size:12px;
-  background:#eef2f7; margin:2px 4px 2px 0; }
-.chip.good { background:#dcf3e5; color:#14693a; } .chip.bad { background:#fbe0e2; color:#9b1c26; }
-.audit { border-radius:10px; padding:12px 16px; border:1px solid var(--line); background:#fff; }
-.audit.good { border-left:6px solid #1d8a4e; } .audit.bad { border-left:6px solid #c62f3a; }
-.audit.none { border-left:6px solid #9ca3af; }
-.audit .v { font-size:17px; font-weight:700; }
-.audit ul { margin:8px 0 0; padding-left:20px; font-size:12.5px; }
-.links a { margin-right:16px; }
-details { margin-top:8px; } summary { cursor:pointer; color:#374151; font-weight:600; }
-ul.ev { margin:0; padding-left:16px; }
-ol.events { font-size:12.5px; color:#374151; padding-left:22px; }
-.legend-note { font-size:12px; color:var(--muted); margin:6px 2px 0; }
-.fw { display:inline-block; width:12px; height:10px; background:rgba(246,160,77,.35);
-  border:1px dashed #d9731a; vertical-align:-1px; }
-"""
+# -- what the templates show ---------------------------------------------------------------------
+# Each section is handed to chaos/templates/*.html as plain data: strings and numbers already
+# formatted here, escaped there (autoescape). Only the charts arrive as markup.
+TEMPLATES = Path(__file__).with_name("templates")
 
 
-def _page(title: str, body: str) -> str:
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n</head>\n"
-        f"<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
+def _environment() -> jinja2.Environment:
+    """The report templates, autoescaped, failing loudly on a name the data lacks."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
     )
 
 
-def _head(run: Run) -> str:
+def _head(run: Run) -> dict[str, Any]:
     label, css = verdict_badge(run.verdict, run.expect)
-    expected = ""
-    if run.as_expected is not None:
-        expected = (
-            '<div class="expect yes">\u2714 as expected</div>'
-            if run.as_expected
-            else '<div class="expect no">\u2718 not as expected</div>'
-        )
     expect = (
         "expected to hold" if run.expect != "deviate" else "expected to be refuted (a drawback)"
     )
@@ -1010,24 +964,23 @@ def _head(run: Run) -> str:
         if run.ended_at is not None and run.started_at is not None
         else ""
     )
-    source = _s(run.data.get("source"))
     started = (
         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started_at))
         if run.started_at
         else "start not recorded"
     )
-    meta = f"{_e(started)}{_e(duration)} · hypothesis {_e(expect)}"
-    if source:
-        meta += f" · <code>{_e(source)}</code>"
-    hyp = f"<blockquote>{_e(run.hypothesis)}</blockquote>" if run.hypothesis else ""
-    return (
-        '<div class="card head">'
-        f'<div class="grow"><h1>{_e(run.title)}</h1>'
-        f'<div class="meta muted">{meta}</div>'
-        f'<p class="why">{_e(_why(run))}</p>{hyp}</div>'
-        f'<div><span class="badge {css}">{_e(label)}</span>{expected}</div>'
-        "</div>"
-    )
+    return {
+        "title": run.title,
+        "started": started,
+        "duration": duration,
+        "expect": expect,
+        "source": _s(run.data.get("source")),
+        "why": _why(run),
+        "hypothesis": run.hypothesis,
+        "badge": label,
+        "badge_css": css,
+        "as_expected": run.as_expected,
+    }
 
 
 def _audit_probe(run: Run) -> dict[str, Any] | None:
@@ -1039,7 +992,7 @@ def _audit_probe(run: Run) -> dict[str, Any] | None:
     return None
 
 
-def _tiles(run: Run) -> str:
+def _tiles(run: Run) -> list[dict[str, str]]:
     method = _d(run.load.get("method"))
     agg = _d(_d(run.load.get("summary")).get(AGGREGATED))
     tiles: list[tuple[str, str, str]] = []
@@ -1090,28 +1043,16 @@ def _tiles(run: Run) -> str:
                 ("good" if ok == len(run.probes) else "bad") if run.expect != "deviate" else "",
             )
         )
-    if not tiles:
-        return ""
-    cells = "".join(
-        f'<div class="tile {css}"><div class="v">{_e(v)}</div><div class="k">{_e(k)}</div></div>'
-        for v, k, css in tiles
-    )
-    return f'<div class="tiles">{cells}</div>'
+    return [{"value": v, "label": k, "css": css} for v, k, css in tiles]
 
 
-def _timeline(run: Run) -> str:
-    note = (
-        '<p class="legend-note"><span class="fw"></span> fault in effect · '
-        "phases on the top band · hover a bar, window or marker for its numbers"
-    )
-    if run.history_note and run.tracks:
-        note += f" · {_e(run.history_note)}"
-    note += "</p>"
-    above = ""
-    if not run.tracks:  # the chart has phases and faults only: say why, above it
-        said = run.history_note or "no load statistics"
-        above = f'<p class="muted" style="margin-top:0">No load to show: {_e(said)}.</p>'
-    return f'<h2>What users saw</h2><div class="card">{above}{timeline_svg(run)}{note}</div>'
+def _timeline(run: Run) -> dict[str, Any]:
+    return {
+        "svg": timeline_svg(run),
+        # the chart has phases and faults only: say why, above it
+        "no_load": "" if run.tracks else (run.history_note or "no load statistics"),
+        "note": run.history_note if run.history_note and run.tracks else "",
+    }
 
 
 PHASE_TITLES = {
@@ -1153,42 +1094,29 @@ def _tolerance(text: object) -> str:
     return _s(text).replace("<=", "\u2264").replace(">=", "\u2265").replace("==", "=")
 
 
-def _probes(run: Run) -> str:
-    if not run.probes:
-        return '<h2>Probes</h2><p class="muted">No probe was recorded.</p>'
-    rows = []
+def _probes(run: Run) -> list[dict[str, Any]]:
+    """The probes by phase: ``[{title, probes: [{ok, name, kind, value, tolerance, detail}]}]``."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for probe in run.probes:
-        groups.setdefault(_s(probe.get("phase"), "?"), []).append(probe)
-    for phase, probes in groups.items():
-        rows.append(f'<tr class="group"><td colspan="5">{_e(PHASE_TITLES.get(phase, phase))}</td>')
-        rows[-1] += "</tr>"
-        for probe in probes:
-            name = _s(probe.get("name"), "?")
-            spec = run.specs.get(name, {})
-            ok = probe.get("ok")
-            mark = (
-                '<span class="m-ok">\u2714</span>'
-                if ok is True
-                else '<span class="m-bad">\u2718</span>'
-            )
-            detail = _s(probe.get("detail"))
-            if len(detail) > 300:
-                detail = detail[:297] + "..."
-            kind = _probe_kind(spec)
-            rows.append(
-                f"<tr><td>{mark}</td><td><b>{_e(name)}</b>"
-                + (f'<div class="detail">{_e(kind)}</div>' if kind else "")
-                + f'</td><td class="num">{_e(_probe_value(probe, spec))}</td>'
-                f'<td class="num">{_e(_tolerance(probe.get("tolerance")))}</td>'
-                f'<td class="detail">{_e(detail)}</td></tr>'
-            )
-    return (
-        '<h2>Probes</h2><table><thead><tr><th style="width:24px"></th>'
-        '<th style="width:30%">probe</th>'
-        '<th class="num">value</th><th class="num">tolerance</th><th>detail</th></tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table>"
-    )
+        name = _s(probe.get("name"), "?")
+        spec = run.specs.get(name, {})
+        detail = _s(probe.get("detail"))
+        if len(detail) > 300:
+            detail = detail[:297] + "..."
+        groups.setdefault(_s(probe.get("phase"), "?"), []).append(
+            {
+                "ok": probe.get("ok") is True,
+                "name": name,
+                "kind": _probe_kind(spec),
+                "value": _probe_value(probe, spec),
+                "tolerance": _tolerance(probe.get("tolerance")),
+                "detail": detail,
+            }
+        )
+    return [
+        {"title": PHASE_TITLES.get(phase, phase), "probes": probes}
+        for phase, probes in groups.items()
+    ]
 
 
 def _fault_details(fault: Mapping[str, Any]) -> str:
@@ -1210,72 +1138,52 @@ def _fault_details(fault: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _faults(run: Run) -> str:
-    if not run.faults:
-        return '<h2>Faults</h2><p class="muted">No fault was applied.</p>'
+def _faults(run: Run) -> list[dict[str, str]]:
     rows = []
     for fault in run.faults:
         status = _s(fault.get("status"), "unknown")
-        chip = "good" if status == "rolled_back" else "bad"
         applied, back = _f(fault.get("applied_at")), _f(fault.get("rolled_back_at"))
-        held = f"{back - applied:.1f} s" if applied is not None and back is not None else "-"
         units = [_s(_d(u).get("id")) for u in _l(fault.get("units")) if _d(u).get("id")]
-        error = _s(fault.get("error"))
         rows.append(
-            f"<tr><td><b>{_e(_s(fault.get('name')) or _s(fault.get('id'), '?'))}</b>"
-            f'<div class="detail">{_e(_s(fault.get("type")))}</div></td>'
-            f"<td>{_e(', '.join(units) or _s(fault.get('target'), '-'))}"
-            f'<div class="detail">{_e(_s(fault.get("target")))}, blast radius '
-            f"{_e(_s(fault.get('blast_radius'), '-'))}</div></td>"
-            f'<td class="num" title="{_e(_clock(applied))}">{_e(run.rel(applied))}</td>'
-            f'<td class="num" title="{_e(_clock(back))}">{_e(run.rel(back))}</td>'
-            f'<td class="num">{_e(held)}</td>'
-            f'<td><span class="chip {chip}">{_e(status.replace("_", " "))}</span></td>'
-            f'<td class="detail">{_e(_fault_details(fault))}'
-            + (f'<div class="m-bad">{_e(error)}</div>' if error else "")
-            + "</td></tr>"
+            {
+                "name": _s(fault.get("name")) or _s(fault.get("id"), "?"),
+                "type": _s(fault.get("type")),
+                "units": ", ".join(units) or _s(fault.get("target"), "-"),
+                "target": _s(fault.get("target")),
+                "blast_radius": _s(fault.get("blast_radius"), "-"),
+                "applied": run.rel(applied),
+                "applied_clock": _clock(applied),
+                "back": run.rel(back),
+                "back_clock": _clock(back),
+                "held": (
+                    f"{back - applied:.1f} s" if applied is not None and back is not None else "-"
+                ),
+                "status": status.replace("_", " "),
+                "chip": "good" if status == "rolled_back" else "bad",
+                "details": _fault_details(fault),
+                "error": _s(fault.get("error")),
+            }
         )
-    return (
-        "<h2>Faults</h2><table><thead><tr><th>fault</th><th>target</th>"
-        '<th class="num">applied</th><th class="num">rolled back</th><th class="num">held</th>'
-        "<th>status</th><th>details</th></tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>"
-    )
+    return rows
 
 
 _CHECK = re.compile(r"([a-z_]+) (\d+)")
 
 
-def _audit(run: Run) -> str:
+def _audit(run: Run) -> dict[str, Any] | None:
     probe = _audit_probe(run)
     if probe is None:
-        return '<h2>Data audit</h2><p class="muted">This experiment has no data audit.</p>'
+        return None
     value = _f(probe.get("value"))
     detail = _s(probe.get("detail"))
     if value is None:
-        body = (
-            '<div class="audit none"><div class="v">Audit incomplete</div>'
-            f'<div class="detail">{_e(detail or "no value")}</div></div>'
-        )
-    elif value == 0:
+        return {"state": "none", "detail": detail or "no value"}
+    if value == 0:
         inner = detail[detail.find("(") + 1 : detail.rfind(")")] if "(" in detail else ""
-        checks = _CHECK.findall(inner)
-        chips = "".join(
-            f'<span class="chip good">\u2714 {_e(name.replace("_", " "))} · {_e(n)} checked</span>'
-            for name, n in checks
-        )
-        body = (
-            '<div class="audit good"><div class="v">No violation: orders, payments and '
-            f"stock agree</div><div>{chips or _e(detail)}</div></div>"
-        )
-    else:
-        items = [i for i in detail.split("; ") if i]
-        shown = "".join(f"<li>{_e(i)}</li>" for i in items[:12])
-        body = (
-            f'<div class="audit bad"><div class="v">{int(value)} violation'
-            f"{'s' if value != 1 else ''} found</div><ul>{shown}</ul></div>"
-        )
-    return f"<h2>Data audit</h2>{body}"
+        checks = [{"name": name.replace("_", " "), "count": n} for name, n in _CHECK.findall(inner)]
+        return {"state": "good", "detail": detail, "checks": checks}
+    items = [i for i in detail.split("; ") if i]
+    return {"state": "bad", "violations": int(value), "plural": value != 1, "lines": items[:12]}
 
 
 def _suspect_name(suspect: Mapping[str, Any]) -> str:
@@ -1309,7 +1217,7 @@ def _evidence(value: object) -> list[str]:
     return [] if value is None else [str(value)]
 
 
-def _located_fault(entry: Mapping[str, Any]) -> str:
+def _located_fault(entry: Mapping[str, Any]) -> dict[str, Any]:
     """One fault's localisation: the truth, its rank and score, the ranked suspects."""
     suspects = [_d(s) for s in _l(entry.get("suspects"))]
     truth = _truth_names(entry.get("truth"))
@@ -1326,7 +1234,6 @@ def _located_fault(entry: Mapping[str, Any]) -> str:
     name = _s(entry.get("fault_id")) or _s(entry.get("name"))
     kind = _s(entry.get("type"))
     where = ", ".join(truth) or "?"
-    title = f"{name} ({kind}) on {where}" if name else f"fault on {where}"
     spans = _d(entry.get("spans"))
     facts = [f"located: {label}"]
     if rank is not None:
@@ -1337,7 +1244,6 @@ def _located_fault(entry: Mapping[str, Any]) -> str:
         facts.append(
             f"{_num(spans.get('baseline'))} baseline spans, {_num(spans.get('fault'))} in the fault"
         )
-    reason = _s(entry.get("reason"))
     top = max((_f(s.get("score")) or 0.0 for s in suspects), default=0.0) or 1.0
     rows = []
     for i, suspect in enumerate(suspects[:8], start=1):
@@ -1346,91 +1252,69 @@ def _located_fault(entry: Mapping[str, Any]) -> str:
         if not truth and services:
             is_truth = is_truth or _s(suspect.get("service")) in services
         value = _f(suspect.get("score"))
-        bar_w = 150 * max(value or 0.0, 0.0) / top
-        colour = "#1d8a4e" if is_truth else OK_BAR
-        bar = (
-            '<svg width="154" height="12" viewBox="0 0 154 12" '
-            'xmlns="http://www.w3.org/2000/svg">'
-            f'<rect x="0" y="1" width="{bar_w:.1f}" height="10" rx="2" fill="{colour}"/></svg>'
-        )
-        evidence = "".join(f"<li>{_e(e)}</li>" for e in _evidence(suspect.get("evidence"))[:4])
-        where_chip = _s(suspect.get("where"))
         rows.append(
-            f'<tr><td class="num">#{i}</td><td><b>{_e(comp)}</b>'
-            + (f'<div class="detail">{_e(where_chip)}</div>' if where_chip else "")
-            + (' <span class="chip good">\u2714 the fault</span>' if is_truth else "")
-            + f'</td><td class="num">{_e(_num(value))}</td><td>{bar}</td>'
-            f'<td class="detail"><ul class="ev">{evidence}</ul></td></tr>'
+            {
+                "rank": i,
+                "name": comp,
+                "where": _s(suspect.get("where")),
+                "is_truth": is_truth,
+                "score": _num(value),
+                "bar_width": f"{150 * max(value or 0.0, 0.0) / top:.1f}",
+                "colour": "#1d8a4e" if is_truth else OK_BAR,
+                "evidence": _evidence(suspect.get("evidence"))[:4],
+            }
         )
-    table = (
-        '<table><thead><tr><th class="num">rank</th><th>suspect</th><th class="num">score</th>'
-        f"<th></th><th>evidence</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
-        if rows
-        else '<p class="muted">No suspect stood out.</p>'
-    )
-    return (
-        f'<div class="audit {css}" style="margin-bottom:10px"><div class="v">{_e(title)}</div>'
-        f'<div class="detail">{_e(" · ".join(facts))}</div>'
-        + (f"<div>{_e(reason)}</div>" if reason else "")
-        + f'<div style="margin-top:8px">{table}</div></div>'
-    )
+    return {
+        "css": css,
+        "title": f"{name} ({kind}) on {where}" if name else f"fault on {where}",
+        "facts": " · ".join(facts),
+        "reason": _s(entry.get("reason")),
+        "suspects": rows,
+    }
 
 
-def _localization(run: Run) -> str:
-    """Where the traces say the fault was, per fault; nothing when the journal has no section."""
+def _localization(run: Run) -> dict[str, Any] | None:
+    """Where the traces say the fault was, per fault; None when the journal has no section."""
     raw = run.data.get("localization")
     if raw is None:
-        return ""
-    head = "<h2>Where was the fault? (located from traces alone)</h2>"
+        return None
+    out: dict[str, Any] = {"raw": None, "error": None, "faults": [], "headline": None}
     loc = _d(raw)
     if not loc:
-        return f'{head}<p class="muted">{_e(json.dumps(raw, default=str)[:300])}</p>'
-    if loc.get("error"):
-        return f'{head}<p class="muted">Localisation failed: {_e(loc.get("error"))}</p>'
-    entries = [_d(f) for f in _l(loc.get("faults"))] if "faults" in loc else [loc]
-    if not entries:
-        return f'{head}<p class="muted">No applied fault to locate.</p>'
-    summary = ""
-    if loc.get("headline") is not None:
-        summary = (
-            f'<p class="muted">located: <b>{_e(loc.get("headline"))}</b>'
-            + (
-                f" · mean score {_e(_num(loc.get('score')))}"
-                if loc.get("score") is not None
-                else ""
-            )
-            + "</p>"
-        )
-    return head + summary + "".join(_located_fault(e) for e in entries)
+        out["raw"] = json.dumps(raw, default=str)[:300]
+    elif loc.get("error"):
+        out["error"] = _s(loc.get("error"))
+    else:
+        entries = [_d(f) for f in _l(loc.get("faults"))] if "faults" in loc else [loc]
+        out["faults"] = [_located_fault(e) for e in entries]
+        if loc.get("headline") is not None:
+            out["headline"] = _s(loc.get("headline"))
+            out["score"] = None if loc.get("score") is None else _num(loc.get("score"))
+    return out
 
 
-def _failures(run: Run) -> str:
-    if not run.failures:
-        return ""
-    rows = "".join(
-        f'<tr><td><b>{_e(name)}</b></td><td class="num">{count}</td>'
-        f'<td class="detail">{_e(error[:400])}</td></tr>'
+def _failures(run: Run) -> dict[str, Any]:
+    rows = [
+        {"name": name, "count": count, "error": error[:400]}
         for name, error, count in run.failures[:8]
-    )
-    more = len(run.failures) - 8
-    return (
-        "<h2>What failed for users</h2><table><thead><tr><th>request</th>"
-        '<th class="num">times</th><th>error Locust saw</th></tr></thead>'
-        f"<tbody>{rows}</tbody></table>"
-        + (f'<p class="legend-note">and {more} more kinds of failure</p>' if more > 0 else "")
-    )
+    ]
+    return {"rows": rows, "more": len(run.failures) - 8}
 
 
-def _load_table(run: Run) -> str:
+LOAD_COLUMNS = ("requests", "failures", "error ratio", "p50", "p95", "p99", "req/s")
+
+
+def _load_table(run: Run) -> dict[str, Any] | None:
     summary = _d(run.load.get("summary"))
     if not summary:
-        return ""
+        return None
     names = sorted((n for n in summary if n != AGGREGATED), key=str)
     if AGGREGATED in summary:
         names.append(AGGREGATED)
     rows = []
     for name in names:
         s = _d(summary[name])
+        rps = _f(s.get("rps"))
         cells = [
             _num(s.get("requests")),
             _num(s.get("failures")),
@@ -1438,29 +1322,19 @@ def _load_table(run: Run) -> str:
             _ms(_f(s.get("p50"))),
             _ms(_f(s.get("p95"))),
             _ms(_f(s.get("p99"))),
-            "n/a" if _f(s.get("rps")) is None else f"{_f(s.get('rps')):.1f}",
+            "n/a" if rps is None else f"{rps:.1f}",
         ]
-        label = f"<b>{_e(name)}</b>" if name == AGGREGATED else _e(name)
-        rows.append(
-            f"<tr><td>{label}</td>" + "".join(f'<td class="num">{_e(c)}</td>' for c in cells)
-        )
-        rows[-1] += "</tr>"
-    head = "".join(
-        f'<th class="num">{h}</th>'
-        for h in ("requests", "failures", "error ratio", "p50", "p95", "p99", "req/s")
-    )
+        rows.append({"name": name, "total": name == AGGREGATED, "cells": cells})
     plan = _d(run.load.get("plan"))
-    plan_text = ", ".join(f"{k} {_num(v)}" for k, v in plan.items() if v is not None)
-    return (
-        "<h2>Load, whole run</h2>"
-        + (f'<p class="muted">Locust: {_e(plan_text)}</p>' if plan_text else "")
-        + f"<table><thead><tr><th>request</th>{head}</tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>"
-    )
+    return {
+        "plan": ", ".join(f"{k} {_num(v)}" for k, v in plan.items() if v is not None),
+        "columns": LOAD_COLUMNS,
+        "rows": rows,
+    }
 
 
-def _links(run: Run) -> str:
-    links = ['<a href="journal.json">journal.json</a>']
+def _links(run: Run) -> list[dict[str, str]]:
+    links = [{"href": "journal.json", "label": "journal.json"}]
     reports = _d(run.load.get("reports"))
     for key, label in (("html", "Locust's report"), ("history_csv", "Locust history CSV")):
         recorded = _s(reports.get(key))
@@ -1474,50 +1348,46 @@ def _links(run: Run) -> str:
             if recorded.startswith("/")
             else recorded
         )
-        links.append(f'<a href="{_e(href)}">{_e(label)}</a>')
-    return f'<p class="links">{"".join(links)}</p>'
+        links.append({"href": href, "label": label})
+    return links
 
 
-def _events(run: Run) -> str:
-    events = [_d(e) for e in _l(run.data.get("events"))]
-    if not events:
-        return ""
+def _events(run: Run) -> list[dict[str, str]]:
     items = []
-    for event in events:
-        kind = _s(event.get("kind"))
+    for event in (_d(e) for e in _l(run.data.get("events"))):
         text = _s(event.get("text"))
         if not text:
             rest = {k: v for k, v in event.items() if k not in ("at", "kind")}
             text = ", ".join(f"{k} {v}" for k, v in rest.items())
         if len(text) > 240:
             text = text[:237] + "..."
-        items.append(f"<li><b>{_e(run.rel(_f(event.get('at'))))}</b> {_e(kind)}: {_e(text)}</li>")
-    return (
-        f"<details><summary>Event log ({len(events)})</summary>"
-        f'<ol class="events">{"".join(items)}</ol></details>'
-    )
-
-
-def render_report(run: Run) -> str:
-    """The report page of ``run`` (a complete HTML document)."""
-    body = "\n".join(
-        part
-        for part in (
-            _head(run),
-            _tiles(run),
-            _timeline(run),
-            _failures(run),
-            _localization(run),
-            _audit(run),
-            _probes(run),
-            _faults(run),
-            _load_table(run),
-            _events(run),
-            _links(run),
+        items.append(
+            {"at": run.rel(_f(event.get("at"))), "kind": _s(event.get("kind")), "text": text}
         )
-        if part
-    )
-    return _page(f"{run.title} — chaos report", body)
+    return items
+
+
+def report_context(run: Run) -> dict[str, Any]:
+    """Everything the report template shows, as plain data (the charts as markup)."""
+    return {
+        "head": _head(run),
+        "tiles": _tiles(run),
+        "timeline": _timeline(run),
+        "failures": _failures(run),
+        "localization": _localization(run),
+        "audit": _audit(run),
+        "probes": _probes(run),
+        "faults": _faults(run),
+        "load": _load_table(run),
+        "events": _events(run),
+        "links": _links(run),
+    }
+
+
+def render_report(run: Run, env: jinja2.Environment | None = None) -> str:
+    """The report page of ``run`` (a complete HTML document)."""
+    env = env or _environment()
+    return env.get_template("report.html").render(report_context(run))
 
 
 def write_report(journal_path: Path) -> Path:
@@ -1541,8 +1411,8 @@ def write_demo_index(run_dir: Path, results: Sequence[RunResult]) -> Path:
     A report missing for a result is rendered on the way; a journal that cannot be read
     leaves its row without a picture rather than failing the index.
     """
+    env = _environment()
     located = [getattr(r, "located", None) for r in results]
-    with_located = any(v is not None for v in located)
     rows = []
     for result, where in zip(results, located, strict=True):
         journal = Path(result.journal_path)
@@ -1552,53 +1422,45 @@ def write_demo_index(run_dir: Path, results: Sequence[RunResult]) -> Path:
         try:
             run = load_run(journal)
             if not report.exists():
-                report.write_text(render_report(run), encoding="utf-8")
+                report.write_text(render_report(run, env), encoding="utf-8")
         except (OSError, ValueError) as exc:
             note = f"report not available: {exc}"
         verdict = result.verdict.value
         label, css = verdict_badge(verdict, run.expect if run is not None else "hold")
-        shown = result.outcome if verdict in ("passed", "failed") else (result.reason or "")
         audit = result.audit or "-"
-        audit_css = "m-ok" if audit == "pass" else "m-bad" if "violation" in audit else ""
         rows.append(
-            "<tr>"
-            f'<td><a class="exp" href="{_e(os.path.relpath(report, run_dir))}">'
-            f"{_e(result.title)}</a>"
-            + (f'<div class="detail">{_e(note)}</div>' if note else "")
-            + f'</td><td><span class="badge small {css}">{_e(label)}</span>'
-            + (
-                '<div class="expect yes">\u2714 as expected</div>'
-                if result.as_expected
-                else '<div class="expect no">\u2718 not as expected</div>'
-            )
-            + f"</td><td>{sparkline_svg(run) if run is not None else ''}</td>"
-            f'<td class="detail">{_e(shown)}</td>'
-            f'<td class="num">{_e(_pct(result.error_ratio))}</td>'
-            f'<td class="num">{_e(_ms(result.p99_ms))}</td>'
-            f'<td class="{audit_css}">{_e(audit)}</td>'
-            + (f"<td>{_e(where or 'n/a')}</td>" if with_located else "")
-            + "</tr>"
+            {
+                "href": os.path.relpath(report, run_dir),
+                "title": result.title,
+                "note": note,
+                "badge": label,
+                "badge_css": css,
+                "as_expected": bool(result.as_expected),
+                "spark": sparkline_svg(run) if run is not None else "",
+                "shown": (
+                    result.outcome if verdict in ("passed", "failed") else (result.reason or "")
+                ),
+                "error_ratio": _pct(result.error_ratio),
+                "p99": _ms(result.p99_ms),
+                "audit": audit,
+                "audit_css": "m-ok" if audit == "pass" else "m-bad" if "violation" in audit else "",
+                "located": where or "n/a",
+            }
         )
     total = len(results)
     expected = sum(1 for r in results if r.as_expected)
-    css = "good" if total and expected == total else "bad"
-    body = (
-        '<div class="card"><h1>Chaos demo</h1>'
-        f'<div class="meta muted">{_e(run_dir)} · {_e(time.strftime("%Y-%m-%d %H:%M"))}</div>'
-        f'<div class="tiles"><div class="tile {css}"><div class="v">{expected}/{total}</div>'
-        '<div class="k">experiments ended as expected</div></div></div></div>'
-        "<h2>Experiments</h2><table><thead><tr><th>experiment</th><th>verdict</th>"
-        '<th>load <span class="fw"></span> fault</th><th>outcome</th>'
-        '<th class="num">error ratio</th><th class="num">p99</th><th>audit</th>'
-        + ("<th>fault located</th>" if with_located else "")
-        + f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-        '<p class="legend-note">Error ratio and p99 during the method; the picture is the '
-        "load over the run (failed requests in red) with the faults shaded. "
-        "Open an experiment for its timeline, probes, faults and audit.</p>"
+    page = env.get_template("demo.html").render(
+        run_dir=str(run_dir),
+        date=time.strftime("%Y-%m-%d %H:%M"),
+        expected=expected,
+        total=total,
+        css="good" if total and expected == total else "bad",
+        with_located=any(v is not None for v in located),
+        rows=rows,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     out = run_dir / DEMO_INDEX_NAME
-    out.write_text(_page("Chaos demo", body), encoding="utf-8")
+    out.write_text(page, encoding="utf-8")
     return out
 
 
