@@ -1,7 +1,7 @@
 """The soak's ``report.html``: verdict, figures, faults by component, convergence, the checks.
 
-The page is a Jinja template (``templates/soak.html``, autoescaped) fed plain data read from the
-journal; it shares the experiment report's stylesheet (``chaos.report.CSS``). The one chart
+The page is a Jinja template (``chaos/templates/soak.html``, autoescaped, on the experiment
+report's ``base.html`` and stylesheet) fed plain data read from the journal. The one chart
 (orders still pending and instances not ready, per poll after the last fault) is a small inline
 SVG drawn here, as the experiment report draws its own.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import jinja2
 
-from chaos.report import CSS
+from chaos.report import TEMPLATES
 from observability.logs import get_logger
 
 __all__ = ["render_soak_report", "try_write_soak_report", "write_soak_report"]
@@ -25,8 +25,8 @@ REPORT_NAME = "report.html"
 
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("chaos.soak", "templates"),
-        autoescape=jinja2.select_autoescape(["html"]),
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
         undefined=jinja2.ChainableUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -111,7 +111,6 @@ def render_soak_report(data: dict[str, Any]) -> str:
     kinds = sorted({k for c in (soak.get("faults_by_component") or {}).values() for k in c})
     template = _environment().get_template("soak.html")
     return template.render(
-        css=CSS,
         title=exp.get("title", "Nemesis soak"),
         hypothesis=exp.get("hypothesis", ""),
         verdict=data.get("verdict") or "unknown",
