@@ -24,7 +24,7 @@ from chaos.report import write_report
 from chaos.runner import RunResult
 from load.cli import load
 from management.cli_options import RUN_DIR_OPTION
-from mesh.errors import ConfigError
+from mesh.errors import ConfigError, TestbedError
 
 __all__ = ["chaos", "load", "print_result"]
 
@@ -141,6 +141,11 @@ def report_cmd(journal: Path) -> None:
     """(Re)render the HTML report of a run from its journal.json (or the run's folder)."""
     path = journal / "journal.json" if journal.is_dir() else journal
     try:
+        if json.loads(path.read_text("utf-8")).get("source") == "soak":
+            from chaos.soak.report import write_soak_report
+
+            click.echo(write_soak_report(path))
+            return
         click.echo(write_report(path))
     except (OSError, ValueError) as exc:
         click.echo(f"{path}: cannot render a report: {exc}", err=True)
@@ -235,3 +240,84 @@ def bench_table(summary: dict[str, Any]) -> Table:
             "-" if detect is None else f"{detect:.1f} s",
         )
     return table
+
+
+@chaos.command("soak")
+@click.option("--seed", type=int, default=1, show_default=True, help="Seeds faults and clients.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=20.0, max=24 * 3600.0),
+    default=180.0,
+    show_default=True,
+    help="Seconds of checkouts under faults.",
+)
+@click.option("--clients", type=click.IntRange(1, 200), default=12, show_default=True)
+@click.option(
+    "--converge-within",
+    type=click.FloatRange(min=1.0),
+    default=30.0,
+    show_default=True,
+    help="Seconds after the last fault by which every saga must be over.",
+)
+@RUN_DIR_OPTION
+def soak_cmd(
+    seed: int, duration: float, clients: int, converge_within: float, run_dir: Path | None
+) -> None:
+    """Nemesis soak: kill, freeze and cut random instances of every service under checkouts
+    with retries and duplicate keys; then check convergence and the clients' view.
+
+    Exit code 0 no violation, 1 violations, 2 could not run.
+    """
+    from chaos.soak.clients import ClientSettings
+    from chaos.soak.run import SoakSettings, run_soak
+
+    settings = SoakSettings(
+        seed=seed,
+        duration=duration,
+        converge_within=converge_within,
+        clients=ClientSettings(clients=clients),
+    )
+    try:
+        result = asyncio.run(
+            run_soak(settings, run_dir=run_dir, progress=lambda m: click.echo(m, err=False))
+        )
+    except TestbedError as exc:  # a bad setting, or another experiment on the stack
+        click.echo(f"cannot run the soak: {exc}", err=True)
+        sys.exit(2)
+    s = result.summary
+    c = s.get("clients") or {}
+    click.echo(
+        f"checkouts {c.get('checkouts', 0)} ({c.get('requests', 0)} requests, retries"
+        f" {c.get('retries', 0)}, duplicates {c.get('duplicates', 0)}): told confirmed"
+        f" {c.get('confirmed', 0)}, failed {c.get('failed', 0)}, pending {c.get('pending', 0)},"
+        f" unanswered {c.get('unanswered', 0)}"
+    )
+    faults = ", ".join(f"{k} {v}" for k, v in (s.get("faults") or {}).items()) or "none"
+    comps = ", ".join(
+        f"{comp} ({'/'.join(f'{k[0]}{v}' for k, v in counts.items())})"
+        for comp, counts in (s.get("faults_by_component") or {}).items()
+    )
+    click.echo(f"faults: {faults}; by component: {comps}")
+    took = s.get("convergence_s")
+    click.echo(
+        "convergence: "
+        + (
+            "not measured"
+            if "convergence_s" not in s
+            else ("never" if took is None else f"{took:.1f} s")
+        )
+        + f" (bound {s.get('convergence_bound_s', converge_within):g} s);"
+        " instances not ready at the end: "
+        + ("n/a" if s.get("not_ready") is None else str(len(s["not_ready"])))
+        + ";"
+        f" confirmations missing: {s.get('missing_confirmations', 'n/a')}"
+    )
+    if result.error:
+        click.echo(f"error: {result.error}", err=True)
+    click.echo(f"violations: {len(result.violations)}")
+    for line in result.violations[:20]:
+        click.echo(f"  {line}")
+    click.echo(f"journal: {result.journal_path}")
+    if result.report_path is not None:
+        click.echo(f"report:  {result.report_path}")
+    sys.exit(result.exit_code)

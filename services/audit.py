@@ -28,7 +28,7 @@ from services.inventory import api as inventory_api
 from services.orders import api as orders_api
 from services.payments import api as payments_api
 
-__all__ = ["AuditReport", "run_audit", "run_audit_at"]
+__all__ = ["AuditReport", "gather_snapshot", "run_audit", "run_audit_at"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -44,23 +44,24 @@ def _address(value: str) -> str:
     return value
 
 
-async def run_audit(
+async def gather_snapshot(
     discovery: Discovery,
     *,
     session: aiohttp.ClientSession | None = None,
     deadline_seconds: float = 15.0,
     include_catalog: bool = True,
-) -> AuditReport:
-    """Gather the snapshots of the services ``discovery`` knows and run every check."""
+) -> tuple[AuditSnapshot | None, list[str]]:
+    """The services' snapshots (orders read twice) and the errors of those that did not answer;
+    the snapshot is None when orders, inventory or payments is missing."""
     own_session = session is None
     http = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=deadline_seconds))
     profile = profile_named("basic")
+    errors: list[str] = []
     try:
         clients = {
             name: RpcClient(http, discovery, name, profile=profile, caller="audit")
             for name in AUDITED
         }
-        errors: list[str] = []
 
         async def snapshot(name: str, method: str, model: type[M]) -> M | None:
             try:
@@ -90,16 +91,34 @@ async def run_audit(
         if own_session:
             await http.close()
     if orders is None or inventory is None or payments is None:
-        return AuditReport(errors=errors)
-    report = run_checks(
-        AuditSnapshot(
-            orders=orders,
-            inventory=inventory,
-            payments=payments,
-            orders_after=orders_after,
-            catalog=catalog,
-        )
+        return None, errors
+    snap = AuditSnapshot(
+        orders=orders,
+        inventory=inventory,
+        payments=payments,
+        orders_after=orders_after,
+        catalog=catalog,
     )
+    return snap, errors
+
+
+async def run_audit(
+    discovery: Discovery,
+    *,
+    session: aiohttp.ClientSession | None = None,
+    deadline_seconds: float = 15.0,
+    include_catalog: bool = True,
+) -> AuditReport:
+    """Gather the snapshots of the services ``discovery`` knows and run every check."""
+    snap, errors = await gather_snapshot(
+        discovery,
+        session=session,
+        deadline_seconds=deadline_seconds,
+        include_catalog=include_catalog,
+    )
+    if snap is None:
+        return AuditReport(errors=errors)
+    report = run_checks(snap)
     report.errors.extend(errors)
     return report
 

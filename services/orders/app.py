@@ -67,7 +67,8 @@ def create_app(
                 settings=config.saga,
                 consistency=config.consistency,
                 crash=app[CRASH_KEY],
-                # a new owner per process start: a restarted instance does not inherit leases
+                # a new owner per process start; the restarted instance takes the leases of
+                # its earlier run back at its first recovery pass (OrdersStore)
                 owner=f"{process.instance_id}/{uuid.uuid4().hex[:8]}",
                 metrics=metrics,
             )
@@ -75,6 +76,8 @@ def create_app(
             yield
         finally:
             app[READINESS_KEY].ready = False
+            if CHECKOUT_KEY in app:
+                await app[CHECKOUT_KEY].close()
             await db.close()
 
     app.cleanup_ctx.append(http_session_ctx())

@@ -10,6 +10,7 @@ the recovery loop. Every transition is stored before the next action starts, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -62,8 +63,14 @@ class SagaSettings:
     lease_seconds: float = 15.0
     """How long a driver owns a saga before recovery may take it over."""
     retry_after: float = 1.0
-    """After an uncertain outcome, how soon recovery tries again."""
-    recovery_batch: int = 50
+    """After an uncertain outcome, how soon recovery tries again (doubled at each failed try)."""
+    retry_max: float = 4.0
+    """The cap of that backoff: a waiting saga is tried again at least this often."""
+    recovery_batch: int = 8
+    """At most this many sagas driven by recovery at once, per process: after a storm hundreds
+    of sagas may wait, and driving them all at once would stampede the upstreams as they come
+    back (timeouts, breakers opening again); a few at a time, each taking well under a second
+    once the upstreams answer, drains them faster."""
 
 
 class SagaMetrics:
@@ -105,6 +112,8 @@ class Checkout:
         self.owner = owner
         self.metrics = metrics
         self.driving: set[str] = set()
+        self.recovering: set[asyncio.Task[Order]] = set()
+        """Sagas this process took over, each driven in a task of its own."""
 
     async def place(self, request: PlaceOrderRequest, *, idempotency_key: str | None) -> Order:
         """Validate, price and record the order (nothing is written if it is refused)."""
@@ -173,8 +182,11 @@ class Checkout:
                         step=step.value,
                         reason=result.reason,
                     )
-                    await self.store.renew(
-                        order.order_id, owner=self.owner, lease_seconds=self.settings.retry_after
+                    await self.store.back_off(
+                        order.order_id,
+                        owner=self.owner,
+                        base=self.settings.retry_after,
+                        cap=self.settings.retry_max,
                     )
                     break
                 reason = result.reason if new in (Step.COMPENSATING, Step.FAILED) else ""
@@ -200,21 +212,48 @@ class Checkout:
         return latest
 
     async def recover_once(self) -> int:
-        """Take over and drive every saga whose driver is gone; returns how many."""
+        """Take over every saga whose driver is gone and start driving each in a task of its own
+        (a slow one never holds up the others or the next pass); returns how many were taken."""
         if self.consistency is not Consistency.SAGA:
             return 0
+        room = self.settings.recovery_batch - len(self.recovering)
+        if room <= 0:
+            return 0
         stale = await self.store.claim_stale(
-            owner=self.owner,
-            lease_seconds=self.settings.lease_seconds,
-            limit=self.settings.recovery_batch,
+            owner=self.owner, lease_seconds=self.settings.lease_seconds, limit=room
         )
         stale = [o for o in stale if o.order_id not in self.driving]
         for order in stale:
             if self.metrics is not None:
                 self.metrics.recovered.inc()
             _log.info("saga_recovering", order_id=order.order_id, step=order.step)
-        results = await asyncio.gather(*(self.drive(o) for o in stale), return_exceptions=True)
-        for order, result in zip(stale, results, strict=True):
-            if isinstance(result, BaseException):
-                _log.error("saga_recovery_failed", order_id=order.order_id, error=repr(result))
+            task = asyncio.create_task(self._recover(order), name=f"recover-{order.order_id}")
+            self.recovering.add(task)
+            task.add_done_callback(self.recovering.discard)
         return len(stale)
+
+    async def _recover(self, order: Order) -> Order:
+        try:
+            return await self.drive(order)
+        except Exception as e:
+            # e.g. the database was busy: let recovery try again soon rather than at lease end
+            _log.error("saga_recovery_failed", order_id=order.order_id, error=repr(e))
+            with contextlib.suppress(Exception):
+                await self.store.back_off(
+                    order.order_id,
+                    owner=self.owner,
+                    base=self.settings.retry_after,
+                    cap=self.settings.retry_max,
+                )
+            return order
+
+    async def settle(self) -> None:
+        """Wait for every saga recovery has started (tests, shutdown)."""
+        while self.recovering:
+            await asyncio.gather(*list(self.recovering), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop driving recovered sagas (their leases let the next run take them over)."""
+        for task in list(self.recovering):
+            task.cancel()
+        await asyncio.gather(*list(self.recovering), return_exceptions=True)

@@ -3,7 +3,10 @@
 ``ORDERS_SAGA_TIMEOUT``       seconds an order may stay pending; the audit holds orders to it (30)
 ``ORDERS_RESERVATION_TTL``    seconds a reservation is held before inventory expires it (120)
 ``ORDERS_LEASE_SECONDS``      seconds a driver owns a saga before recovery may take it over (15)
-``ORDERS_RECOVERY_INTERVAL``  seconds between recovery passes (1)
+``ORDERS_RECOVERY_INTERVAL``  seconds between recovery passes, and the first backoff of a waiting
+                              saga (1)
+``ORDERS_RETRY_MAX``          cap of a waiting saga's backoff, seconds (4)
+``ORDERS_RECOVERY_BATCH``     sagas driven by recovery at once, per instance (8)
 ``ORDERS_CALL_TIMEOUT``       deadline of calls to catalog and inventory, seconds (3)
 ``ORDERS_CHARGE_TIMEOUT``     deadline of calls to payments, seconds (8)
 ``TESTBED_CONSISTENCY``       ``saga`` (default) or ``naive`` (no keys, compensation, recovery)
@@ -20,7 +23,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from mesh.process import ProcessConfig, env_float
+from mesh.process import ProcessConfig, env_float, env_int
 from services.common.consistency import Consistency, consistency_from_env
 from services.common.db import DbSettings
 from services.orders.checkout import SagaSettings
@@ -50,6 +53,8 @@ class Config:
                 reservation_ttl=env_float(e, "ORDERS_RESERVATION_TTL", 120.0, minimum=0.1),
                 lease_seconds=env_float(e, "ORDERS_LEASE_SECONDS", 15.0, minimum=0.1),
                 retry_after=recovery_interval,
+                retry_max=env_float(e, "ORDERS_RETRY_MAX", 4.0, minimum=0.05),
+                recovery_batch=env_int(e, "ORDERS_RECOVERY_BATCH", 8, minimum=1),
             ),
             recovery_interval=recovery_interval,
             call_timeout=env_float(e, "ORDERS_CALL_TIMEOUT", 3.0, minimum=0.01),

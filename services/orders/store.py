@@ -4,7 +4,12 @@ Every saga transition is one conditional UPDATE (``WHERE step = <from> AND lease
 plus a row in ``saga_log``, in one transaction: two drivers (an instance's request and another
 instance's recovery loop) can never both move one saga. A driver holds a lease on the order
 (``lease_owner``, ``lease_until``) renewed at every step; recovery takes over only orders whose
-lease has run out, i.e. whose driver crashed or gave up.
+lease has run out, i.e. whose driver crashed or gave up — or at once when the lease belongs to an
+earlier run of the claiming instance itself (owners are ``<instance id>/<run>``, and one instance
+id never runs twice at a time), so a restarted instance finishes its own sagas without waiting.
+
+A saga that must wait (an uncertain outcome) counts its ``attempts``; its lease is shortened to
+``base * 2**attempts`` capped at ``cap`` seconds, so recovery retries it with bounded backoff.
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ MIGRATIONS: Sequence[str] = (
         at         REAL NOT NULL
     );
     CREATE INDEX saga_log_by_order ON saga_log (order_id, entry_id);
+    """,
+    """
+    ALTER TABLE orders ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
     """,
 )
 
@@ -187,7 +195,7 @@ class OrdersStore:
         lease_until = 0.0 if to_step in TERMINAL else now + lease_seconds
         async with self.db.transaction() as conn:
             cur = await conn.execute(
-                "UPDATE orders SET step = ?, updated_at = ?, lease_until = ?,"
+                "UPDATE orders SET step = ?, updated_at = ?, lease_until = ?, attempts = 0,"
                 " failure_reason = CASE WHEN ? != '' THEN ? ELSE failure_reason END"
                 " WHERE order_id = ? AND step = ? AND lease_owner = ?",
                 (
@@ -221,18 +229,49 @@ class OrdersStore:
             )
             return cur.rowcount == 1
 
-    async def claim_stale(
-        self, *, owner: str, lease_seconds: float, limit: int, now: float | None = None
-    ) -> list[Order]:
-        """Take over open sagas whose lease has run out; returns them, now under ``owner``."""
+    async def back_off(
+        self,
+        order_id: str,
+        *,
+        owner: str,
+        base: float,
+        cap: float,
+        now: float | None = None,
+    ) -> float | None:
+        """Count a failed attempt and let recovery retry after ``base * 2**attempts`` (at most
+        ``cap``) seconds; returns that delay, None if ``owner`` no longer drives the saga."""
         now = time.time() if now is None else now
-        marks = ",".join("?" * len(OPEN_STEPS))
         async with self.db.transaction() as conn:
             rows = await _all(
                 conn,
-                f"SELECT order_id FROM orders WHERE step IN ({marks}) AND lease_until < ?"
+                "SELECT attempts FROM orders WHERE order_id = ? AND lease_owner = ?",
+                (order_id, owner),
+            )
+            if not rows:
+                return None
+            delay = min(cap, base * float(2 ** min(int(rows[0]["attempts"]), 16)))
+            await conn.execute(
+                "UPDATE orders SET attempts = attempts + 1, lease_until = ? WHERE order_id = ?",
+                (now + delay, order_id),
+            )
+            return delay
+
+    async def claim_stale(
+        self, *, owner: str, lease_seconds: float, limit: int, now: float | None = None
+    ) -> list[Order]:
+        """Take over open sagas whose lease has run out, or that an earlier run of this instance
+        held (``owner`` is ``<instance id>/<run>``); returns them, now under ``owner``."""
+        now = time.time() if now is None else now
+        marks = ",".join("?" * len(OPEN_STEPS))
+        instance = owner.rpartition("/")[0]
+        earlier_run = f"{instance}/" if instance else "\x00"  # no owner starts with NUL
+        async with self.db.transaction() as conn:
+            rows = await _all(
+                conn,
+                f"SELECT order_id FROM orders WHERE step IN ({marks}) AND (lease_until < ?"
+                " OR (substr(lease_owner, 1, ?) = ? AND lease_owner != ?))"
                 " ORDER BY created_at LIMIT ?",
-                (*OPEN_STEPS, now, limit),
+                (*OPEN_STEPS, now, len(earlier_run), earlier_run, owner, limit),
             )
             claimed = []
             for row in rows:
