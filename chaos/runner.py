@@ -51,7 +51,7 @@ from chaos.probes import AuditFn, AuditOutcome, ProbeContext, ProbeResult, evalu
 from chaos.report import try_write_report
 from chaos.stack import StackInfo
 from chaos.targets import Unit, resolve
-from load.runner import LoadPlan, LocustRun, locust_command
+from load.runner import LoadPlan, LocustRun
 from mesh.errors import ConfigError, TestbedError
 
 __all__ = ["RunResult", "Runner", "default_audit", "slug"]
@@ -293,6 +293,7 @@ class Runner:
                     "rate": self.load.plan.rate,
                     "shape": self.load.plan.shape,
                     "duration": self.load.plan.duration,
+                    "workers": self.load.plan.workers,
                 },
                 "summary": self.load.summary(),
                 "reports": self.load.reports(),
@@ -412,12 +413,15 @@ class Runner:
             api_key=self.stack.api_key or "demo-key",
             checkout_weight=spec.checkout_weight if spec.checkout_weight is not None else 2,
             locustfile=Path(spec.locustfile) if spec.locustfile else None,
+            workers=spec.workers,
         )
         self.load = LocustRun(plan)
         await self.load.start()
         assert self._pctx is not None
         self._pctx.locust = self.load.stats
-        self.journal.event("load_started", command=" ".join(locust_command(plan)))
+        self.journal.event(
+            "load_started", command=" ".join(self.load.command), workers=plan.workers
+        )
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but fail early if the load died (its log tail says why)."""
