@@ -121,9 +121,9 @@ def fault(
     keep it ``duration`` seconds, then roll it back; ``hold: false``: leave it in place for the
     experiment's ``rollbacks`` (``chaos.ctk.actions.rollback``).
     """
+    step = _fault_step(spec)  # checked before anything is touched
     session = Session.from_configuration(configuration)
     stack = session.stack()
-    step = _fault_step(spec)
     return run_async(lambda: _hold(stack, session, step, seed=seed, hold=hold, index=index))
 
 
@@ -170,12 +170,12 @@ def steps(
     Chaos Toolkit's own background activities run until the end of the method; a testbed
     ``parallel:`` group ends when its last member does, so exported groups use this action.
     """
-    session = Session.from_configuration(configuration)
-    stack = session.stack()
     try:
         parsed = _STEPS.validate_python(steps)
     except ValidationError as exc:
         raise ConfigError(_problems(exc, "steps")) from None
+    session = Session.from_configuration(configuration)
+    stack = session.stack()
     counter = [first_index - 1]
     run_async(lambda: _steps(stack, session, parsed, seed, counter))
     return f"{counter[0] - first_index + 1} fault(s) applied and rolled back"
@@ -230,12 +230,12 @@ def start_load(
     ``load``: ``{"users": 20, "duration": "90s", "workers": 2, ...}`` (default: 10 users for
     60 s). The statistics land in this run's folder; ``chaos.ctk.probes.locust`` reads them.
     """
-    session = Session.from_configuration(configuration)
-    stack = session.stack()
     try:
         spec = LoadSpec.model_validate(load or {})
     except ValidationError as exc:
         raise ConfigError(_problems(exc, "load")) from None
+    session = Session.from_configuration(configuration)
+    stack = session.stack()
     out = session.out_dir(stack)
     if ctk_load.running(out):
         raise TestbedError(f"a load is already running for {out}; stop it first (stop_load)")
