@@ -90,6 +90,7 @@ def before_experiment_control(
             check_requires(exp, info)
         except ConfigError as exc:
             journal.end_phase("preflight")
+            journal.data["abort_reason"] = str(exc)
             journal.event("note", text=str(exc))
             _interrupt(str(exc))
         journal.end_phase("preflight")
@@ -174,6 +175,7 @@ async def _safeguards(exp: Experiment, session: Session, stack: Stack) -> str | 
                                 "detail": result.detail,
                             }
                         )
+                        journal.data["abort_reason"] = reason
                         journal.event("safeguard_tripped", text=reason)
                     return reason
             await asyncio.sleep(0.25)
@@ -286,11 +288,12 @@ def after_experiment_control(
             if entry["end"] is None:
                 journal.end_phase(entry)
         interrupted = (state or {}).get("status") == "interrupted"
+        abort_reason = journal.data.get("abort_reason")
     if not interrupted:
         with contextlib.suppress(Exception):  # the localisation informs, never decides
             localization(configuration=configuration)
     verdict = Verdict.ERROR if problems else verdict_of(state or {})
-    reason = "; ".join(problems) or _reason(state or {}, verdict)
+    reason = "; ".join(problems) or abort_reason or _reason(state or {}, verdict)
     outcome = {
         Verdict.PASSED: "hypothesis held" if exp.expect == "hold" else "drawback NOT shown",
         Verdict.FAILED: "deviated" if exp.expect == "hold" else "drawback shown (as expected)",
