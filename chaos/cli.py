@@ -135,6 +135,42 @@ def run_cmd(experiment: str, run_dir: Path | None, no_live: bool) -> None:
     sys.exit(result.exit_code)
 
 
+@chaos.command("export")
+@click.argument("experiment")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write here (default: standard output).",
+)
+def export_cmd(experiment: str, out: Path | None) -> None:
+    """Write an experiment (file or shipped name) as a Chaos Toolkit experiment (JSON).
+
+    Run it with the Chaos Toolkit against the stack `testbed up` started:
+    `chaos validate F.json` and `chaos run F.json` (TESTBED_RUN_DIR picks another stack).
+    """
+    from chaos.ctk.export import export_experiment
+
+    try:
+        path, exp = find_experiment(experiment)
+    except ExperimentError as exc:
+        click.echo("invalid experiment, nothing was written:", err=True)
+        for problem in exc.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(2)
+    name = path.stem if path.suffix in (".yaml", ".yml") else experiment
+    text = json.dumps(export_experiment(exp, name=name), indent=2) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        click.echo(f"cannot write {out}: {exc.strerror}", err=True)
+        sys.exit(2)
+    click.echo(f"{out}: Chaos Toolkit experiment from {path}")
+
+
 @chaos.command("report")
 @click.argument("journal", type=click.Path(exists=True, path_type=Path))
 def report_cmd(journal: Path) -> None:

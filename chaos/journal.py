@@ -103,14 +103,30 @@ class Journal:
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[dict[str, Any]]:
         """Record a phase of the timeline with its start and end time."""
-        entry: dict[str, Any] = {"phase": name, "start": _now(), "end": None}
-        self.data["timeline"].append(entry)
-        self.save()
+        entry = self.begin_phase(name)
         try:
             yield entry
         finally:
-            entry["end"] = _now()
-            self.save()
+            self.end_phase(entry)
+
+    def begin_phase(self, name: str) -> dict[str, Any]:
+        """Open a phase (for callers that cannot hold a ``with`` block across it)."""
+        entry: dict[str, Any] = {"phase": name, "start": _now(), "end": None}
+        self.data["timeline"].append(entry)
+        self.save()
+        return entry
+
+    def end_phase(self, entry: dict[str, Any] | str) -> None:
+        """Close a phase: its entry, or the open phase of that name (no-op when none is open)."""
+        if isinstance(entry, str):
+            open_ = [e for e in self.data["timeline"] if e["phase"] == entry and e["end"] is None]
+            if not open_:
+                return
+            found: dict[str, Any] = open_[-1]
+        else:
+            found = entry
+        found["end"] = _now()
+        self.save()
 
     def current_phase(self) -> str | None:
         for entry in reversed(self.data["timeline"]):

@@ -40,6 +40,8 @@ from pydantic import (
     model_validator,
 )
 
+from load.runner import MAX_WORKERS
+
 __all__ = [
     "FAULT_TYPES",
     "AuditProbe",
@@ -447,6 +449,17 @@ class LoadSpec(_Model):
     locustfile: str | None = None
     """Path of another locustfile (default: the shopper journeys in ``load/locustfile.py``)."""
     checkout_weight: int | None = Field(default=None, ge=0, le=100)
+    workers: int = Field(default=0, ge=0, le=MAX_WORKERS)
+    """0: one Locust process; N: Locust's master and N worker processes (same statistics)."""
+
+    @model_validator(mode="after")
+    def _workers_have_users(self) -> LoadSpec:
+        if self.workers > self.users:
+            raise ValueError(
+                f"{self.workers} workers for {self.users} users would leave workers idle; "
+                "use at most as many workers as users"
+            )
+        return self
 
 
 class Requires(_Model):

@@ -42,6 +42,7 @@ from chaos.model import (
     Experiment,
     FaultSpec,
     FaultStep,
+    LoadSpec,
     LocustProbe,
     NetworkFault,
     ParallelStep,
@@ -54,10 +55,18 @@ from chaos.probes import AuditFn, AuditOutcome, ProbeContext, ProbeResult, evalu
 from chaos.report import try_write_report
 from chaos.stack import StackInfo
 from chaos.targets import Unit, resolve
-from load.runner import LoadPlan, LocustRun, locust_command
+from load.runner import LoadPlan, LocustRun
 from mesh.errors import ConfigError, TestbedError
 
-__all__ = ["RunResult", "Runner", "default_audit", "slug"]
+__all__ = [
+    "RunResult",
+    "Runner",
+    "check_requires",
+    "default_audit",
+    "fault_label",
+    "load_plan",
+    "slug",
+]
 
 T = TypeVar("T")
 APPLY_TIMEOUT_S = 30.0
@@ -148,6 +157,51 @@ def default_audit(stack: StackInfo, session: aiohttp.ClientSession) -> AuditFn |
         return AuditOutcome(len(violations), shown + more)
 
     return audit
+
+
+def check_requires(exp: Experiment, stack: StackInfo) -> None:
+    """Raise ``ConfigError`` naming every way ``stack`` does not fit ``exp.requires``."""
+    problems = []
+    for kind, wanted in (
+        ("resilience", exp.requires.resilience),
+        ("consistency", exp.requires.consistency),
+    ):
+        have = stack.resilience if kind == "resilience" else stack.consistency
+        for comp, mode in wanted.items():
+            if have.get(comp) != mode:
+                problems.append(f"{comp} runs {kind} {have.get(comp)!r}, needs {mode!r}")
+    for comp, count in exp.requires.instances.items():
+        if len(stack.instances_of(comp)) < count:
+            problems.append(f"{comp} has {len(stack.instances_of(comp))} instances, needs {count}")
+    if problems:
+        raise ConfigError(
+            "the stack does not fit this experiment: "
+            + "; ".join(problems)
+            + " (edit the topology, or let `testbed demo` set it)"
+        )
+
+
+def load_plan(spec: LoadSpec, stack: StackInfo, out_dir: Path) -> LoadPlan:
+    """The Locust plan for an experiment's ``load:`` against ``stack``."""
+    return LoadPlan(
+        out_dir=out_dir,
+        pops=stack.pops(),
+        host=stack.urls.get("balancer"),
+        users=spec.users,
+        spawn_rate=spec.spawn_rate,
+        rate=spec.rate,
+        shape=spec.shape,
+        duration=spec.duration,
+        api_key=stack.api_key or "demo-key",
+        checkout_weight=spec.checkout_weight if spec.checkout_weight is not None else 2,
+        locustfile=Path(spec.locustfile) if spec.locustfile else None,
+        workers=spec.workers,
+    )
+
+
+def fault_label(spec: FaultSpec, index: int) -> str:
+    """A fault's name: its own, else ``<kind>-<n>`` (the seed's pick depends on it)."""
+    return spec.name or f"{spec.type.split('.')[1]}-{index}"
 
 
 class Runner:
@@ -340,6 +394,7 @@ class Runner:
                     "rate": self.load.plan.rate,
                     "shape": self.load.plan.shape,
                     "duration": self.load.plan.duration,
+                    "workers": self.load.plan.workers,
                 },
                 "summary": self.load.summary(),
                 "reports": self.load.reports(),
@@ -374,30 +429,11 @@ class Runner:
     async def _preflight(self, session: aiohttp.ClientSession) -> None:
         exp, stack = self.exp, self.stack
         self.journal.data["stack"] = stack.summary()
-        problems = []
-        for kind, wanted in (
-            ("resilience", exp.requires.resilience),
-            ("consistency", exp.requires.consistency),
-        ):
-            have = stack.resilience if kind == "resilience" else stack.consistency
-            for comp, mode in wanted.items():
-                if have.get(comp) != mode:
-                    problems.append(f"{comp} runs {kind} {have.get(comp)!r}, needs {mode!r}")
-        for comp, count in exp.requires.instances.items():
-            if len(stack.instances_of(comp)) < count:
-                problems.append(
-                    f"{comp} has {len(stack.instances_of(comp))} instances, needs {count}"
-                )
-        if problems:
-            raise ConfigError(
-                "the stack does not fit this experiment: "
-                + "; ".join(problems)
-                + " (edit the topology, or let `testbed demo` set it)"
-            )
+        check_requires(exp, stack)
         toxiproxy = ToxiproxyClient(stack.toxiproxy_url) if stack.toxiproxy_url else None
         faults = list(iter_faults(exp.method))
         for index, (_, step) in enumerate(faults):
-            name = step.fault.name or f"{step.fault.type.split('.')[1]}-{index + 1}"
+            name = fault_label(step.fault, index + 1)
             self._units[id(step)] = resolve(
                 step.fault.target, step.fault.blast_radius, stack, seed=exp.seed, fault_name=name
             )
@@ -447,26 +483,15 @@ class Runner:
     async def _start_load(self) -> None:
         spec = self.exp.load
         assert spec is not None
-        plan = LoadPlan(
-            out_dir=self.out_dir,
-            pops=self.stack.pops(),
-            host=self.stack.urls.get("balancer"),
-            users=spec.users,
-            spawn_rate=spec.spawn_rate,
-            rate=spec.rate,
-            shape=spec.shape,
-            duration=spec.duration,
-            api_key=self.stack.api_key or "demo-key",
-            checkout_weight=spec.checkout_weight if spec.checkout_weight is not None else 2,
-            locustfile=Path(spec.locustfile) if spec.locustfile else None,
-        )
+        plan = load_plan(spec, self.stack, self.out_dir)
         self.load = LocustRun(plan)
         await self.load.start()
         assert self._pctx is not None
         self._pctx.locust = self.load.stats
         self.journal.event(
             "load_started",
-            command=" ".join(locust_command(plan)),
+            command=" ".join(self.load.command),
+            workers=plan.workers,
             pid=self.load.proc.pid if self.load.proc is not None else None,
         )
 

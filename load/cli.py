@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from load.runner import LoadPlan, LocustRun
+from load.runner import MAX_WORKERS, LoadPlan, LocustRun
 from load.shapes import SHAPES, ShapeName
 from management.cli_options import RUN_DIR_OPTION
 from mesh.errors import TestbedError
@@ -23,7 +23,12 @@ async def run_load(plan: LoadPlan, console: Console) -> tuple[int, dict[str, dic
     run = LocustRun(plan)
     await run.start()
     try:
-        with console.status("starting Locust") as status:
+        starting = (
+            f"starting Locust (a master and {plan.workers} workers)"
+            if plan.workers
+            else "starting Locust"
+        )
+        with console.status(starting) as status:
             while run.running:
                 await asyncio.sleep(1.0)
                 await run.refresh()
@@ -72,6 +77,13 @@ async def run_load(plan: LoadPlan, console: Console) -> tuple[int, dict[str, dic
     show_default=True,
     help="SLO gate: exit 1 above this p99.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(0, MAX_WORKERS),
+    default=0,
+    show_default=True,
+    help="Run Locust distributed: a master and this many worker processes (0: one process).",
+)
 @RUN_DIR_OPTION
 def load(
     users: int,
@@ -82,6 +94,7 @@ def load(
     checkout_weight: int,
     max_error_ratio: float,
     max_p99_ms: float,
+    workers: int,
     run_dir: Path | None,
 ) -> None:
     """Run shoppers (Locust, headless) against the running stack; reports go to the run folder."""
@@ -105,6 +118,7 @@ def load(
         checkout_weight=checkout_weight,
         max_error_ratio=max_error_ratio,
         max_p99_ms=max_p99_ms,
+        workers=workers,
     )
     if not plan.pops and not plan.host:
         raise TestbedError("the stack has no CDN PoP and no balancer to send load to")

@@ -35,6 +35,7 @@ from gevent.pool import Pool  # type: ignore[import-untyped]
 from locust import LoadTestShape, events, task
 from locust.contrib.fasthttp import FastHttpUser
 from locust.env import Environment
+from locust.runners import WorkerRunner
 
 from load.shapes import SHAPES, ShapeName, level
 
@@ -255,7 +256,7 @@ class _Arrivals(_Shopper):
         next_at = time.monotonic()
         while True:
             lvl = level(shape, elapsed(), duration)
-            users = max(1, self.environment.runner.user_count if self.environment.runner else 1)
+            users = _slots(self.environment)
             if lvl is None or total_rate <= 0:
                 gevent.sleep(0.5)
                 if lvl is None:
@@ -282,10 +283,26 @@ class _Arrivals(_Shopper):
                 next_at = time.monotonic()  # far behind (a stall): do not burst to catch up
 
 
+def _slots(environment: Environment) -> int:
+    """How many arrival users share the total rate.
+
+    One process: the users running now (so the rate is right while they spawn). A worker of a
+    distributed run sees only its own users, so it divides by the run's total (``--tb-users``,
+    which the open-loop shape keeps constant), and all workers together start ``rate``
+    journeys a second, as one process would.
+    """
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        opts = environment.parsed_options
+        return max(1, int(getattr(opts, "tb_users", 1) or 1))
+    return max(1, runner.user_count if runner else 1)
+
+
 def _run_clock(environment: Environment) -> Callable[[], float]:
-    """Seconds since the run started (the shape's clock, so users and shape agree)."""
+    """Seconds since the run started (the shape's clock, so users and shape agree; a worker,
+    where the shape does not run, counts from its first journey)."""
     shape = environment.shape_class
-    if isinstance(shape, LoadTestShape):
+    if isinstance(shape, LoadTestShape) and not isinstance(environment.runner, WorkerRunner):
         return lambda: time.perf_counter() - float(shape.start_time)
     started = time.monotonic()
     return lambda: time.monotonic() - started
@@ -326,7 +343,12 @@ class ShopperShape(LoadTestShape):
 
 
 def _slo_gate(environment: Environment, **_: Any) -> None:
-    """Exit non-zero when the run missed its SLO (error ratio, p99), else 0."""
+    """Exit non-zero when the run missed its SLO (error ratio, p99), else 0.
+
+    In a distributed run the master's statistics are the whole run's; a worker's are only what
+    it has not yet reported, so the gate is the master's alone."""
+    if isinstance(environment.runner, WorkerRunner):
+        return
     opts = environment.parsed_options
     total = environment.stats.total
     max_ratio = float(getattr(opts, "tb_max_error_ratio", -1.0))

@@ -302,6 +302,48 @@ def compose(topology: Path | None, out: Path | None) -> None:
     click.echo(f"run it where Docker is: docker compose -f {target / 'docker-compose.yaml'} up")
 
 
+@cli.command("k8s")
+@TOPOLOGY_OPTION
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder to write into (default: k8s/ of the checkout, else ./k8s-out).",
+)
+@click.option(
+    "--locust-workers",
+    type=click.IntRange(0, 100),
+    default=2,
+    show_default=True,
+    help="Replicas of the Locust worker Deployment.",
+)
+@click.option(
+    "--check/--no-check",
+    default=True,
+    show_default=True,
+    help="Validate the manifests with tools/bin/k8s-validate (built by make setup) if present.",
+)
+def k8s(topology: Path | None, out: Path | None, locust_workers: int, check: bool) -> None:
+    """Write Kubernetes manifests (instances, Toxiproxy, observability, Locust, Chaos Mesh)."""
+    from management.k8s.render import NAMESPACE, default_out_dir, render_k8s
+    from management.k8s.validate_cli import validate_manifests
+    from management.topology import load_topology
+
+    target = out or default_out_dir()
+    written = render_k8s(load_topology(topology), out_dir=target, locust_workers=locust_workers)
+    click.echo(f"wrote {len(written)} files to {target}")
+    if check:
+        ok, report = validate_manifests(target)
+        click.echo(report)
+        if not ok:
+            sys.exit(1)
+    click.echo(
+        f"apply it where a cluster is: kubectl apply -f {target} "
+        f"(namespace {NAMESPACE}; chaos-mesh/ needs Chaos Mesh, apply one file to inject)"
+    )
+
+
 def _add_component_commands() -> None:
     """Commands implemented next to what they drive (kept out of this file's imports at top)."""
     from chaos.cli import chaos, load

@@ -2,7 +2,8 @@
 # Set up everything the testbed needs, idempotently: safe to re-run, quick when nothing changed.
 #
 #   .venv/                 the project and its dev extras (re-installed when pyproject.toml changes)
-#   tools/bin/             real Toxiproxy (server + CLI) and Jaeger, built from the Go module proxy
+#   tools/bin/             real Toxiproxy (server + CLI) and Jaeger, built from the Go module proxy,
+#                          and k8s-validate (management/k8s/validate: `testbed k8s`'s manifests)
 #   prometheus, promtool   Debian's `prometheus` package (installed when missing and we are root)
 #   tools/zipkin/          Zipkin's server, the trace UI (the `exec` jar from Maven Central; Java 17+)
 #
@@ -120,6 +121,19 @@ if [[ "${TESTBED_SKIP_ZIPKIN:-0}" != "1" && ! -f "$ZIPKIN_JAR" ]]; then
   [[ -f "$ZIPKIN_JAR" ]] || die "Maven did not write $ZIPKIN_JAR"
 fi
 [[ -f "$ZIPKIN_JAR" ]] && say "zipkin $ZIPKIN_VERSION in tools/zipkin"
+
+# The offline validator of `testbed k8s`'s manifests: the repo's own Go module (strict decoding
+# into k8s.io/api and Chaos Mesh's api types), rebuilt when its source or go.sum changes.
+K8S_VALIDATE="$ROOT/management/k8s/validate"
+K8S_STAMP="$(cat "$K8S_VALIDATE/go.mod" "$K8S_VALIDATE/go.sum" "$K8S_VALIDATE"/*.go | sha256sum | cut -c1-16)"
+if [[ ! -x "$BIN/k8s-validate" || "$(cat "$BIN/k8s-validate.version" 2>/dev/null)" != "$K8S_STAMP" ]]; then
+  need_go k8s-validate
+  say "building k8s-validate from management/k8s/validate (first time downloads k8s.io/api: a few minutes)"
+  ( cd "$K8S_VALIDATE" && GOFLAGS=-mod=readonly go build -trimpath -o "$BIN/k8s-validate.tmp" . ) \
+    || die "building k8s-validate failed (above): the Go module proxy may be unreachable (check GOPROXY)"
+  mv -f "$BIN/k8s-validate.tmp" "$BIN/k8s-validate"
+  echo "$K8S_STAMP" > "$BIN/k8s-validate.version"
+fi
 
 # --- Prometheus and promtool (Debian) ------------------------------------------------------------
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then

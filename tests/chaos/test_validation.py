@@ -96,6 +96,14 @@ method:
             " target: {service: a}, blast_radius: 150%}\n",
             "method[0].fault.blast_radius: '150%': a percentage must be above 0%",
         ),
+        (
+            "title: t\nhypothesis: h\nload: {users: 2, workers: 3}\nmethod: [{pause: 1}]\n",
+            "x.yaml:3:7: load: 3 workers for 2 users would leave workers idle",
+        ),
+        (
+            "title: t\nhypothesis: h\nload: {users: 90, workers: 99}\nmethod: [{pause: 1}]\n",
+            "load.workers: Input should be less than or equal to 32",
+        ),
     ],
 )
 def test_single_problems(text: str, expected: str) -> None:
