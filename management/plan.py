@@ -201,10 +201,12 @@ def build_plan(
     for name in names:
         comp = topology.components[name]
         upstreams = topology.upstreams_of(name)
+        # A monolith upstream stands for every service it hosts, all at its address.
         static = ";".join(
-            f"{up}=" + ",".join(advertised(up, p, x) for p, _, x, _ in slots[up])
+            f"{service}=" + ",".join(advertised(up, p, x) for p, _, x, _ in slots[up])
             for up in upstreams
             if slots[up]
+            for service in topology.services_of(up)
         )
         for k, (port, admin, proxy, region) in enumerate(slots[name], start=1):
             instance_id = f"{name}-{region}" if region else f"{name}-{k}"
@@ -244,6 +246,8 @@ def build_plan(
                 # Our own hops (the PoPs, through their Toxiproxy proxies) reach it on
                 # loopback: the only peers whose hash header it believes (edge.front.trust).
                 env["BALANCER_TRUSTED_PEERS"] = f"{LOCALHOST}/32"
+            if comp.kind == "monolith":
+                env["MONOLITH_SERVICES"] = ",".join(comp.hosts or ())
             if comp.kind == "registry":
                 env["REGISTRY_DEFAULT_TTL"] = f"{topology.defaults.registry_ttl_seconds:g}"
             if jaeger:
