@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from management.alerting import alert_rules
 from management.compose import (
     APP_IMAGE,
     GRAFANA_PORT,
@@ -60,6 +61,7 @@ from management.compose import (
     toxiproxy_config,
 )
 from management.plan import InstancePlan, Plan
+from management.prometheus import RULES_NAME
 from management.topology import Topology
 from mesh.errors import ConfigError
 
@@ -206,7 +208,13 @@ def _configs(plan: Plan) -> list[dict[str, Any]]:
     return [
         _config_map("toxiproxy", toxiproxy),
         _config_map("jaeger", {"config.yaml": _yaml(compose_jaeger_config())}),
-        _config_map("prometheus", {"prometheus.yml": _yaml(prometheus_config(plan))}),
+        _config_map(
+            "prometheus",
+            {
+                "prometheus.yml": _yaml(prometheus_config(plan)),
+                RULES_NAME: _yaml(alert_rules(topology)),
+            },
+        ),
         _config_map(
             "grafana-provisioning",
             {

@@ -50,9 +50,9 @@ RPC_SERVICES: dict[str, RpcService] = {
 }
 HOSTED_APPS_KEY = web.AppKey("monolith_hosted_apps", dict[str, web.Application])
 HOSTED_LABEL = "hosted_service"
-# Per-service families that would say nothing here (the root app serves the requests and
-# holds the fault controller) or clash with the root's own.
-_SKIPPED_PREFIXES = ("http_server_", "testbed_faults_")
+# Per-service families that would say nothing here (the root app serves the requests, holds
+# the fault controller and answers /readyz) or clash with the root's own.
+_SKIPPED_PREFIXES = ("http_server_", "testbed_faults_", "process_ready")
 
 
 class HostedMetrics:

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from management.alerting import alert_rules
 from management.cli import cli
 from management.compose import compose_plan, overview_dashboard, prometheus_config
 from management.k8s.render import chaos_mesh_resources, render_k8s
@@ -147,6 +148,10 @@ def test_toxiproxy_prometheus_and_grafana_reuse_the_compose_derivations(
     assert {int(p["listen"].rpartition(":")[2]) for p in proxies} <= toxiproxy_ports
     scrape = yaml.safe_load(configs["prometheus"]["data"]["prometheus.yml"])
     assert scrape == prometheus_config(plan)
+    # Every rule file it names is in the same ConfigMap (mounted whole at /etc/prometheus).
+    for name in scrape["rule_files"]:
+        rules = yaml.safe_load(configs["prometheus"]["data"][name])
+        assert rules == alert_rules(topology)
     dashboard = json.loads(configs["grafana-dashboards"]["data"]["testbed-overview.json"])
     assert dashboard == overview_dashboard(topology)
     assert {"jaeger", "prometheus", "grafana", "locust-master", "locust-worker"} <= set(
