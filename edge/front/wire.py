@@ -90,8 +90,10 @@ __all__ = [
 class FrontLimits:
     """Everything the front refuses or cuts, in one place: aiohttp's server limits where
     aiohttp has one (3.14: ``RequestHandler``'s ``max_line_size``, ``max_field_size``,
-    ``max_headers``; its keep-alive timeout), HAProxy's where it has none (a head fits its
-    16 KB buffer; ``timeout http-request``, ``timeout client``, ``maxconn``).
+    ``max_headers``), HAProxy's where it has none (a head fits its 16 KB buffer;
+    ``timeout http-request``, ``timeout client``, ``maxconn``). The keep-alive timeout is
+    aiohttp's former default (75 s; 3.14's is 3,630 s); ``run`` gives it to aiohttp's server
+    too, for the connections the front hands over.
 
     ``max_line``: the request line, in bytes (over it: 414).
     ``max_field``: a field's name or value, in bytes (over it: 431).
@@ -674,7 +676,10 @@ class WireProtocol(asyncio.Protocol):
                 self._refuse(408, f"a request must arrive within {limits.request_timeout:g} s")
         elif now - self.idle_since > limits.keepalive_timeout:
             self._keep_alive = False
-            transport.close()
+            if transport.get_write_buffer_size():
+                transport.abort()  # answers still unread: close() would wait for them
+            else:
+                transport.close()
 
     def _hand_off(self) -> None:
         """Give the connection, with the bytes of the current request, to aiohttp."""

@@ -322,6 +322,13 @@ CORPUS: tuple[Case, ...] = (
     ),
     one(
         "slow clients",
+        "a partial head after a hand-off to aiohttp (HTTP/1.0 keep-alive)",
+        get("/x", "Connection: keep-alive", version="HTTP/1.0") + b"GET /y HTTP/1.1\r\nX-a: ",
+        answers=2,
+        wait=5.0,
+    ),
+    one(
+        "slow clients",
         "slow reader: 100 pipelined GETs of 64 KB, never read",
         get("/big") * 100,
         wait=5.0,
