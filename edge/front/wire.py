@@ -82,6 +82,7 @@ __all__ = [
     "WireRequest",
     "WireSite",
     "date_line",
+    "origin_target",
     "self_made_head",
 ]
 
@@ -790,6 +791,18 @@ def date_line() -> bytes:
 def self_made_head(content_type: bytes) -> bytes:
     """The head lines of an answer this process makes itself (not relayed), as aiohttp's."""
     return b"Content-Type: %s\r\n%s%s" % (content_type, date_line(), SERVER_LINE)
+
+
+def origin_target(request: web.BaseRequest) -> str:
+    """The target as the origin gets it and the cache keys it: origin-form, no fragment.
+
+    aiohttp's ``raw_path`` is the target as sent, an absolute-form one or a fragment included
+    (on a connection the wire front handed over; the front itself rewrites them); its
+    ``rel_url`` holds the path and query (RFC 9112 3.2.2)."""
+    raw = request.raw_path
+    if raw.startswith("/") and "#" not in raw:
+        return raw
+    return request.rel_url.raw_path_qs or "/"
 
 
 def _internal_error(reply: Reply, trace_id: str | None) -> None:

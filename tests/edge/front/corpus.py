@@ -227,6 +227,18 @@ CORPUS: tuple[Case, ...] = (
     one("target", "double slash", get("//x")),
     one("target", "bad percent-encoding", get("/%zz")),
     one("target", "dot segments", get("/../../etc/passwd")),
+    one(
+        "target",
+        "absolute-form after a hand-off to aiohttp",
+        get("/x", "Connection: keep-alive", version="HTTP/1.0") + get("http://evil.example/x"),
+        answers=2,
+    ),
+    one(
+        "target",
+        "fragment after a hand-off to aiohttp",
+        get("/x", "Connection: keep-alive", version="HTTP/1.0") + get("/x#frag"),
+        answers=2,
+    ),
     # -- methods
     one("methods", "unknown method", head("FOO /x HTTP/1.1", H)),
     one("methods", "lower-case method", head("get /x HTTP/1.1", H)),

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -40,6 +41,7 @@ from edge.front.wire import (
     WireProtocol,
     WireRequest,
     WireSite,
+    origin_target,
 )
 from mesh.process import ProcessConfig
 from observability.app import FAULTS_KEY, IN_FLIGHT_KEY, create_base_app
@@ -1074,3 +1076,18 @@ async def test_a_connection_handed_to_aiohttp_leaves_no_task_behind(server: Serv
     finally:
         loop.set_exception_handler(previous)
     assert reported == []
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/x?a=1", "/x?a=1"),
+        ("/x%20y", "/x%20y"),
+        ("/x?a=1#frag", "/x?a=1"),
+        ("http://elsewhere/y?q=1", "/y?q=1"),
+        ("http://elsewhere", "/"),
+    ],
+)
+def test_the_origin_target_of_a_request_on_aiohttps_path(target: str, expected: str) -> None:
+    """What a connection handed to aiohttp sends the origin and keys the cache by."""
+    assert origin_target(make_mocked_request("GET", target)) == expected
