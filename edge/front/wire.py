@@ -14,17 +14,26 @@ with a ``WireFront`` as the protocol factory, and every connection starts on it:
   decides; an unsampled one still propagates the decision), the RED metrics under the lane's
   route, the in-flight count (drain waits for it), the canonical log line; an unhandled error
   becomes the shared JSON 500, a client that leaves cancels its handler;
-- keep-alive and pipelined requests are served in order; an idle connection closes after
-  ``keepalive_timeout``; at shutdown idle connections close at once and busy ones after their
-  answer.
+- keep-alive and pipelined requests are served in order; at shutdown idle connections close
+  at once and busy ones after their answer.
+
+As the public entry it refuses what aiohttp and HAProxy refuse, within ``FrontLimits``
+(stated once there): each byte of a head is parsed once, when the head has all come, and a
+body once, when it has all come; over-long lines, fields or heads get 414/431; an HTTP/1.1
+request without exactly one valid ``Host`` a 400; an absolute-form target is rewritten to
+origin-form with its authority as the ``Host`` (RFC 9112 3.2.2), a fragment dropped; a request
+not whole in time gets a 408; idle connections close, and ones whose answers stay unread are
+aborted (``close`` would wait for the flush); a process takes a bounded number of
+connections. Its own refusals are problem+json with ``Connection: close``.
 
 Whatever the lane does not serve, it gives to aiohttp, whole: the connection is handed to an
 aiohttp ``RequestHandler`` of the app's own server (``transport.set_protocol``) with the bytes
 of the current request, and aiohttp serves it and the rest of that connection as it would
 have from the start: the app's own routes (``/healthz``, ``/readyz``, ``/metrics``), requests
 while a fault is active (the fault middleware applies them), HTTP/1.0, chunked or large
-request bodies, ``Expect``, ``Upgrade``, absolute-form targets, and anything the parser
-rejects (aiohttp answers the 400). So the lane never answers differently from the app, only
+request bodies, ``Expect``, ``Upgrade``, asterisk- and authority-form targets, and anything
+the parser rejects (aiohttp answers the 400: CL+TE, duplicate or odd lengths, obs-fold,
+bare LF, control bytes). So the lane never answers differently from the app, only
 more cheaply.
 """
 
