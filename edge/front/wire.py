@@ -325,6 +325,7 @@ class WireProtocol(asyncio.Protocol):
         self._pending: tuple[int, int] | None = None
         self._hosts = 0
         self._too_long = False
+        self._valid_host = b""  # the last Host value found valid
         # The request being parsed.
         self._url = b""
         self._fields: list[tuple[bytes, bytes]] = []
@@ -574,23 +575,22 @@ class WireProtocol(asyncio.Protocol):
             return False
         sp1 = buffer.find(b" ", 0, line_end)
         sp2 = buffer.rfind(b" ", 0, line_end)
-        if 0 < sp1 < sp2:
-            target = bytes(buffer[sp1 + 1 : sp2])
-            if not target.startswith(b"/") or b"#" in target:
-                origin = self._origin_form(target)
-                if origin is None:
+        if 0 < sp1 < sp2 and (buffer[sp1 + 1] != 0x2F or buffer.find(b"#", sp1, sp2) >= 0):
+            # Not origin-form, or a fragment: rewritten (or refused).
+            origin = self._origin_form(bytes(buffer[sp1 + 1 : sp2]))
+            if origin is None:
+                return False
+            target, authority = origin
+            line = bytes(buffer[: sp1 + 1]) + target + bytes(buffer[sp2:line_end])
+            rest = bytes(buffer[line_end:head_end])
+            if authority is not None:
+                # RFC 9112 3.2.2: the target's authority is the Host (one Host at most).
+                if len(_HOST_FIELD.findall(rest)) > 1:
+                    self._refuse(400, "a request has exactly one Host field")
                     return False
-                target, authority = origin
-                line = bytes(buffer[: sp1 + 1]) + target + bytes(buffer[sp2:line_end])
-                rest = bytes(buffer[line_end:head_end])
-                if authority is not None:
-                    # RFC 9112 3.2.2: the target's authority is the Host (one Host at most).
-                    if len(_HOST_FIELD.findall(rest)) > 1:
-                        self._refuse(400, "a request has exactly one Host field")
-                        return False
-                    rest = b"\r\nHost: " + authority + _HOST_FIELD.sub(b"", rest)
-                buffer[:head_end] = line + rest
-                head_end = len(line) + len(rest)
+                rest = b"\r\nHost: " + authority + _HOST_FIELD.sub(b"", rest)
+            buffer[:head_end] = line + rest
+            head_end = len(line) + len(rest)
         self._url = b""
         self._fields = []
         self._length = 0
@@ -611,9 +611,11 @@ class WireProtocol(asyncio.Protocol):
             self._refuse(400, "an HTTP/1.1 request has exactly one Host field")
             return False
         host = self._special.get(3)
-        if host is not None and _HOST_VALUE.fullmatch(host) is None:
-            self._refuse(400, "the Host field is not a host name or address")
-            return False
+        if host is not None and host != self._valid_host:  # checked once per connection
+            if _HOST_VALUE.fullmatch(host) is None:
+                self._refuse(400, "the Host field is not a host name or address")
+                return False
+            self._valid_host = host
         length = self._length
         if (
             self._unsupported
