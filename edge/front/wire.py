@@ -324,7 +324,6 @@ class WireProtocol(asyncio.Protocol):
         self._head_since = 0.0
         self._pending: tuple[int, int] | None = None
         self._hosts = 0
-        self._too_long = False
         self._valid_host = b""  # the last Host value found valid
         # The request being parsed.
         self._url = b""
@@ -444,9 +443,6 @@ class WireProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._fields.append((name, value))
-        limit = self._lane.limits.max_field
-        if len(name) > limit or len(value) > limit:
-            self._too_long = True
         kind = _SPECIAL.get(name.lower())
         if kind is None:
             return
@@ -552,7 +548,7 @@ class WireProtocol(asyncio.Protocol):
         """Parse the head once it has all come (True); refuse what the limits or RFC 9112
         refuse; a head this lane does not read goes to aiohttp (``_HandOff``)."""
         start = self._scanned
-        end = buffer.find(b"\r\n\r\n", max(0, start - 3))
+        end = buffer.find(b"\r\n\r\n", start - 3 if start > 3 else 0)
         size = len(buffer)
         if end < 0:
             # Not a head this lane reads (bare LF line ends, TLS or other bytes that are not
@@ -574,8 +570,11 @@ class WireProtocol(asyncio.Protocol):
             self._refuse(414, f"the request line is over {limits.max_line} bytes")
             return False
         sp1 = buffer.find(b" ", 0, line_end)
-        sp2 = buffer.rfind(b" ", 0, line_end)
-        if 0 < sp1 < sp2 and (buffer[sp1 + 1] != 0x2F or buffer.find(b"#", sp1, sp2) >= 0):
+        if (
+            sp1 > 0
+            and (buffer[sp1 + 1] != 0x2F or buffer.find(b"#", sp1, line_end) >= 0)
+            and (sp2 := buffer.rfind(b" ", 0, line_end)) > sp1
+        ):
             # Not origin-form, or a fragment: rewritten (or refused).
             origin = self._origin_form(bytes(buffer[sp1 + 1 : sp2]))
             if origin is None:
@@ -599,9 +598,11 @@ class WireProtocol(asyncio.Protocol):
         self._body = []
         self._complete = False
         self._hosts = 0
-        self._too_long = False
         self._parser.feed_data(bytes(buffer[:head_end]))
-        if self._too_long:
+        if head_end > limits.max_field and any(  # only a long head can hold a long field
+            len(name) > limits.max_field or len(value) > limits.max_field
+            for name, value in self._fields
+        ):
             self._refuse(431, f"a field name or value is over {limits.max_field} bytes")
             return False
         if len(self._fields) > limits.max_fields:
