@@ -318,9 +318,13 @@ class WireProtocol(asyncio.Protocol):
         self.idle_since = 0.0
         self._progress = 0.0  # when the answers written were last seen taken (or none queued)
         self._refused = False  # a refusal is on its way out; nothing more is read
-        # The request being read: how far the buffer was searched for the head's end, when its
-        # first byte came, its head once parsed (head_end, body length) until the body is in.
+        # The request being read: how far the buffer was searched for the head's end, its head
+        # once parsed (head_end, body length) until the body is in. The reaper times it (no
+        # clock read per request): ``_taken`` counts the requests taken off the buffer, and
+        # ``_head_since`` is when the reaper first saw the current one waiting (``_seen``).
         self._scanned = 0
+        self._taken = 0
+        self._seen = -1
         self._head_since = 0.0
         self._pending: tuple[int, int] | None = None
         self._hosts = 0
@@ -365,8 +369,6 @@ class WireProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        if not self._buffer:
-            self._head_since = self._front.loop.time()  # a request begins
         self._buffer += data
         if self._busy or self._writing_paused:
             # Pipelined requests wait for the answer in progress (or for the client to read
@@ -410,8 +412,6 @@ class WireProtocol(asyncio.Protocol):
             transport.close()
             return
         self.idle_since = self._front.loop.time()
-        if self._buffer:
-            self._head_since = self.idle_since  # the next request's clock starts now
         if self._reading_paused and not self._writing_paused:
             self._reading_paused = False
             transport.resume_reading()
@@ -537,7 +537,7 @@ class WireProtocol(asyncio.Protocol):
                 return None
         del buffer[: head_end + length]
         self._scanned = 0
-        self._head_since = self._front.loop.time() if buffer else 0.0
+        self._taken += 1
         self._keep_alive = keep_alive and not self._front.closing
         self._head_only = method == "HEAD"
         self._status = 0
@@ -685,7 +685,10 @@ class WireProtocol(asyncio.Protocol):
         if self._busy or self._writing_paused or self._refused:
             return
         if self._buffer:
-            if now - self._head_since > limits.request_timeout:
+            if self._seen != self._taken:  # a request not seen waiting before: its clock starts
+                self._seen = self._taken
+                self._head_since = now
+            elif now - self._head_since > limits.request_timeout:
                 self._refuse(408, f"a request must arrive within {limits.request_timeout:g} s")
         elif now - self.idle_since > limits.keepalive_timeout:
             self._keep_alive = False
