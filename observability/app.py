@@ -231,19 +231,21 @@ async def _listening(
 ) -> AsyncIterator[web.AppRunner]:
     # handler_cancellation: a client that goes away cancels its handler (and so the handler's
     # outbound calls), as in aiohttp's test server; work that must outlive a request (a saga)
-    # runs in a task of its own.
+    # runs in a task of its own. Behind a wire lane, aiohttp's server keeps the front's
+    # keep-alive timeout for the connections handed to it (aiohttp's own: 3,630 s).
+    lane = app.get(WIRE_LANE_KEY)
     runner = web.AppRunner(
         app,
         handle_signals=False,
         access_log=None,
         shutdown_timeout=drain_seconds,
         handler_cancellation=True,
+        keepalive_timeout=3630.0 if lane is None else lane.limits.keepalive_timeout,
     )
     await runner.setup()
     assert runner.server is not None
     if install_fast_lane(runner.server, app):  # when it has one (edge.front.fastlane)
         _log.info("fast_lane_on", port=port)
-    lane = app.get(WIRE_LANE_KEY)
     site: web.BaseSite
     if lane is not None:  # its connections start on the wire lane (edge.front.wire)
         site = WireSite(runner, host, port, lane, drain_seconds)

@@ -71,7 +71,7 @@ from edge.balancer.upstream import (
     UpstreamReset,
     UpstreamTimeout,
 )
-from edge.front.wire import Reply, WireRequest, self_made_head
+from edge.front.wire import Reply, WireRequest, origin_target, self_made_head
 from mesh.discovery import Instance
 from observability.errors import PROBLEM_ERRORS
 from observability.logs import get_logger
@@ -191,7 +191,7 @@ class Proxy:
             framing = b"Content-Length: %d\r\n" % len(body or b"")
         else:
             framing = b""
-        target = request.raw_path.encode("utf-8", "surrogateescape")
+        target = origin_target(request).encode("utf-8", "surrogateescape")
         out = _ToAiohttp(self, request)
         return await self._forward(
             request, method, target, lines, framing, body, stream, length, out

@@ -56,7 +56,7 @@ from edge.cdn.policy import (
     vary_fields,
 )
 from edge.cdn.store import CacheStore, Entry
-from edge.front.wire import SERVER_LINE, WireAnswer, WireRequest, date_line
+from edge.front.wire import SERVER_LINE, WireAnswer, WireRequest, date_line, origin_target
 from observability.logs import get_logger
 
 _UNSAFE = frozenset({"POST", "PUT", "DELETE", "PATCH"})
@@ -112,7 +112,7 @@ class EdgeCache:
         headers = request.headers
         if (method != "GET" and method != "HEAD") or "Range" in headers:
             return await self._pass_through(request)
-        key = request.raw_path
+        key = origin_target(request)
         cc_values = headers.getall("Cache-Control", ())
         request_cc = (
             request_cache_control(headers, cc_values)
@@ -455,7 +455,7 @@ class EdgeCache:
         try:
             upstream = await self.session.request(
                 method,
-                self.origin + request.raw_path,
+                self.origin + origin_target(request),
                 headers=headers,
                 data=body,
                 allow_redirects=False,
@@ -473,7 +473,7 @@ class EdgeCache:
             self.metrics.origin(str(upstream.status), time.perf_counter() - started)
             self.metrics.results[result].inc()
             if method in _UNSAFE and upstream.status < 400:
-                self.store.invalidate(request.raw_path)  # RFC 9111 section 4.4
+                self.store.invalidate(origin_target(request))  # RFC 9111 section 4.4
             if upstream.content_length is not None and method != "HEAD":
                 self.metrics.from_origin.inc(upstream.content_length)
             return await relay_response(
@@ -632,7 +632,7 @@ def fresh_hit(store: CacheStore, metrics: CdnMetrics, request: web.Request) -> w
     headers = request.headers
     if "Cache-Control" in headers or "Pragma" in headers or "Range" in headers:
         return None
-    found = _fresh(store, request.raw_path, headers)
+    found = _fresh(store, origin_target(request), headers)
     if found is None:
         return None
     return cached_answer(metrics, request, *found, "HIT")

@@ -63,6 +63,7 @@ from observability.sampling import trace_budget, unsampled_span_maker
 __all__ = ["FAST_LANE_KEY", "FastLane", "install_fast_lane"]
 
 _TRACEPARENT: Final = "traceparent"
+_EXPECT: Final = "Expect"
 _log = get_logger("edge.front.fastlane")
 
 RequestHandler = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
@@ -103,9 +104,11 @@ def install_fast_lane(server: web.Server, app: web.Application) -> bool:
     root = Context()
 
     def eligible(request: BaseRequest) -> bool:
-        """Not part of a trace, no fault to apply, not a quiet route (the budget aside)."""
+        """Not part of a trace, no fault to apply, not a quiet route, no ``Expect`` (the
+        router's expect handler sends the 100 Continue) (the budget aside)."""
         return (
             _TRACEPARENT not in request.headers
+            and _EXPECT not in request.headers
             and not faults.any_active
             and request.path not in QUIET_ROUTES
         )

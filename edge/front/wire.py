@@ -14,17 +14,26 @@ with a ``WireFront`` as the protocol factory, and every connection starts on it:
   decides; an unsampled one still propagates the decision), the RED metrics under the lane's
   route, the in-flight count (drain waits for it), the canonical log line; an unhandled error
   becomes the app's 500 (problem+json at the edge), a client that leaves cancels its handler;
-- keep-alive and pipelined requests are served in order; an idle connection closes after
-  ``keepalive_timeout``; at shutdown idle connections close at once and busy ones after their
-  answer.
+- keep-alive and pipelined requests are served in order; at shutdown idle connections close
+  at once and busy ones after their answer.
+
+As the public entry it refuses what aiohttp and HAProxy refuse, within ``FrontLimits``
+(stated once there): each byte of a head is parsed once, when the head has all come, and a
+body once, when it has all come; over-long lines, fields or heads get 414/431; an HTTP/1.1
+request without exactly one valid ``Host`` a 400; an absolute-form target is rewritten to
+origin-form with its authority as the ``Host`` (RFC 9112 3.2.2), a fragment dropped; a request
+not whole in time gets a 408; idle connections close, and ones whose answers stay unread are
+aborted (``close`` would wait for the flush); a process takes a bounded number of
+connections. Its own refusals are problem+json with ``Connection: close``.
 
 Whatever the lane does not serve, it gives to aiohttp, whole: the connection is handed to an
 aiohttp ``RequestHandler`` of the app's own server (``transport.set_protocol``) with the bytes
 of the current request, and aiohttp serves it and the rest of that connection as it would
 have from the start: the app's own routes (``/healthz``, ``/readyz``, ``/metrics``), requests
 while a fault is active (the fault middleware applies them), HTTP/1.0, chunked or large
-request bodies, ``Expect``, ``Upgrade``, absolute-form targets, and anything the parser
-rejects (aiohttp answers the 400). So the lane never answers differently from the app, only
+request bodies, ``Expect``, ``Upgrade``, asterisk- and authority-form targets, and anything
+the parser rejects (aiohttp answers the 400: CL+TE, duplicate or odd lengths, obs-fold,
+bare LF, control bytes). So the lane never answers differently from the app, only
 more cheaply.
 """
 
@@ -32,6 +41,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import Token
@@ -80,6 +91,7 @@ from observability.tracing import tracer_name
 __all__ = [
     "SERVER_LINE",
     "WIRE_LANE_KEY",
+    "FrontLimits",
     "Reply",
     "WireAnswer",
     "WireFront",
@@ -87,11 +99,50 @@ __all__ = [
     "WireRequest",
     "WireSite",
     "date_line",
+    "origin_target",
     "self_made_head",
 ]
 
-MAX_HEAD: Final = 16 * 1024
-"""A request head longer than this goes to aiohttp (whose limits answer it: 431 or 400)."""
+
+@dataclass(frozen=True)
+class FrontLimits:
+    """Everything the front refuses or cuts, in one place: aiohttp's server limits where
+    aiohttp has one (3.14: ``RequestHandler``'s ``max_line_size``, ``max_field_size``,
+    ``max_headers``), HAProxy's where it has none (a head fits its 16 KB buffer;
+    ``timeout http-request``, ``timeout client``, ``maxconn``). The keep-alive timeout is
+    aiohttp's former default (75 s; 3.14's is 3,630 s); ``run`` gives it to aiohttp's server
+    too, for the connections the front hands over.
+
+    ``max_line``: the request line, in bytes (over it: 414).
+    ``max_field``: a field's name or value, in bytes (over it: 431).
+    ``max_fields``: fields in one head (over it: 431).
+    ``max_head``: the whole head with its blank line (over it: 431).
+    ``request_timeout``: from a request's first byte to its last (the head, and a body the
+    front reads whole), in seconds; then a 408 and the connection closes.
+    ``keepalive_timeout``: idle between requests; then the connection closes (aborted if
+    answers it has not taken are still queued).
+    ``write_timeout``: how long a client may leave answer bytes unread; then the connection
+    is aborted (``transport.abort``: ``close`` would wait for the flush forever).
+    ``max_connections``: open client connections of the process (the front's and those it gave
+    aiohttp); one more is aborted at once.
+    """
+
+    max_line: int = 8190
+    max_field: int = 8190
+    max_fields: int = 128
+    max_head: int = 16 * 1024
+    request_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    write_timeout: float = 30.0
+    max_connections: int = 4096
+
+    def __post_init__(self) -> None:
+        if min(self.max_line, self.max_field, self.max_fields, self.max_connections) < 1:
+            raise ValueError("front limits must be positive")
+        if min(self.request_timeout, self.keepalive_timeout, self.write_timeout) <= 0:
+            raise ValueError("front timeouts must be positive")
+
+
 HTTP11: Final = (1, 1)
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
 _SPECIAL: Final = {
@@ -106,6 +157,15 @@ _SPECIAL: Final = {
 }
 _propagator: Final = TraceContextTextMapPropagator()
 _TRACEPARENT: Final = "00-%032x-%016x-%02x"
+_HOST_FIELD: Final = re.compile(rb"\r\nhost:[^\r]*", re.IGNORECASE)
+# A Host value: reg-name or IP literal, optional port (RFC 3986 characters; no userinfo).
+_HOST_VALUE: Final = re.compile(rb"[A-Za-z0-9._~%!$&'()*+,;=:\[\]-]*")
+_REASONS: Final = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+}
 _log = get_logger("edge.front.wire")
 
 
@@ -151,17 +211,18 @@ class WireLane:
     larger ones are served by aiohttp (which streams them).
     ``owned``: paths the app's own routes serve (always served by aiohttp).
     ``trace_trust``: see below (the CDN PoPs, the public entry, set it).
+    ``limits``: what the front refuses and when it cuts a connection (``FrontLimits``).
     """
 
     route: str
     handler: WireHandler | None = None
     max_body: int = 0
     owned: frozenset[str] = QUIET_ROUTES
-    keepalive_timeout: float = 75.0  # aiohttp's default
     answer: WireAnswerer | None = None
     trace_trust: Callable[[str | None], bool] | None = None
     """At a trust boundary: whether a request from this peer address continues the trace it
     carries (else a new trace, the client's context a link, as in the middleware)."""
+    limits: FrontLimits = FrontLimits()
 
     def __post_init__(self) -> None:
         if (self.answer is None) == (self.handler is None):
@@ -267,6 +328,19 @@ class WireProtocol(asyncio.Protocol):
         self._writing_paused = False
         self._drained: asyncio.Future[None] | None = None
         self.idle_since = 0.0
+        self._progress = 0.0  # when the answers written were last seen taken (or none queued)
+        self._refused = False  # a refusal is on its way out; nothing more is read
+        # The request being read: how far the buffer was searched for the head's end, its head
+        # once parsed (head_end, body length) until the body is in. The reaper times it (no
+        # clock read per request): ``_taken`` counts the requests taken off the buffer, and
+        # ``_head_since`` is when the reaper first saw the current one waiting (``_seen``).
+        self._scanned = 0
+        self._taken = 0
+        self._seen = -1
+        self._head_since = 0.0
+        self._pending: tuple[int, int] | None = None
+        self._hosts = 0
+        self._valid_host = b""  # the last Host value found valid
         # The request being parsed.
         self._url = b""
         self._fields: list[tuple[bytes, bytes]] = []
@@ -292,7 +366,7 @@ class WireProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple | list) and peer:
             self._remote = str(peer[0])
-        self.idle_since = self._front.loop.time()
+        self.idle_since = self._progress = self._front.loop.time()
         self._front.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -305,11 +379,14 @@ class WireProtocol(asyncio.Protocol):
             self._drained.exception()  # retrieved here; a waiter gets it raised
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         self._buffer += data
         if self._busy or self._writing_paused:
             # Pipelined requests wait for the answer in progress (or for the client to read
             # the answers it has): the buffer is bounded.
-            if not self._reading_paused and len(self._buffer) > MAX_HEAD + self._lane.max_body:
+            bound = self._lane.limits.max_head + self._lane.max_body
+            if not self._reading_paused and len(self._buffer) > bound:
                 assert self._transport is not None
                 self._transport.pause_reading()
                 self._reading_paused = True
@@ -361,6 +438,7 @@ class WireProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self._progress = self._front.loop.time()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         self._drained = None
@@ -384,8 +462,11 @@ class WireProtocol(asyncio.Protocol):
             self._length = int(value) if value.isdigit() else -1
         elif kind == 2:
             self._unsupported = True
-        elif kind not in self._special:  # the first of each
-            self._special[kind] = value
+        else:
+            if kind == 3:
+                self._hosts += 1
+            if kind not in self._special:  # the first of each
+                self._special[kind] = value
 
     def on_headers_complete(self) -> None:
         # Read here: llhttp resets its flags once the message is complete.
@@ -404,45 +485,24 @@ class WireProtocol(asyncio.Protocol):
 
     def _next_request(self) -> WireRequest | None:
         """The next buffered request if it is whole and for the lane; None if it is not whole
-        yet, or not for the lane (the connection has then gone to aiohttp)."""
+        yet, refused, or not for the lane (the connection has then gone to aiohttp).
+
+        Each byte is parsed once: the head when its end has come (searched for in the new
+        bytes only), then the body when all of it has come."""
         buffer = self._buffer
-        if not buffer or self._transport is None:
+        if not buffer or self._transport is None or self._refused:
             return None
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            # Not a head this lane reads (bare LF line ends, TLS or other bytes that are not
-            # HTTP), or too long: aiohttp answers it (400, 431) without waiting for more.
-            if len(buffer) > MAX_HEAD or b"\n\n" in buffer or not buffer[:1].isalpha():
-                self._hand_off()
-            return None
-        head_end = end + 4
-        if head_end > MAX_HEAD:
-            self._hand_off()
-            return None
-        self._url = b""
-        self._fields = []
-        self._length = 0
-        self._unsupported = False
-        self._special = {}
-        self._body = []
-        self._complete = False
-        parser = self._parser
+        limits = self._lane.limits
         try:
-            parser.feed_data(bytes(buffer[:head_end]))
-            length = self._length
-            if (
-                self._unsupported
-                or length < 0
-                or length > self._lane.max_body
-                or not self._http11
-                or not self._url.startswith(b"/")
-            ):
-                raise _HandOff
+            if self._pending is None and not self._read_head(buffer, limits):
+                return None
+            assert self._pending is not None
+            head_end, length = self._pending
             if length:
                 if len(buffer) < head_end + length:
-                    self._parser = httptools.HttpRequestParser(self)  # parse it again, whole
                     return None
-                parser.feed_data(bytes(buffer[head_end : head_end + length]))
+                self._parser.feed_data(bytes(buffer[head_end : head_end + length]))
+            self._pending = None
             if not self._complete:
                 raise _HandOff  # e.g. two Content-Length fields
             method = self._method.decode("ascii")
@@ -488,11 +548,166 @@ class WireProtocol(asyncio.Protocol):
                 self._hand_off()
                 return None
         del buffer[: head_end + length]
+        self._scanned = 0
+        self._taken += 1
         self._keep_alive = keep_alive and not self._front.closing
         self._head_only = method == "HEAD"
         self._status = 0
         self._chunked = False
         return request
+
+    def _read_head(self, buffer: bytearray, limits: FrontLimits) -> bool:
+        """Parse the head once it has all come (True); refuse what the limits or RFC 9112
+        refuse; a head this lane does not read goes to aiohttp (``_HandOff``)."""
+        start = self._scanned
+        end = buffer.find(b"\r\n\r\n", start - 3 if start > 3 else 0)
+        size = len(buffer)
+        if end < 0:
+            # Not a head this lane reads (bare LF line ends, TLS or other bytes that are not
+            # HTTP): aiohttp answers it (400) without waiting for more.
+            if buffer.find(b"\n\n", max(0, start - 1)) >= 0 or not buffer[:1].isalpha():
+                raise _HandOff
+            if size > limits.max_head:
+                self._refuse(431, f"the request head is over {limits.max_head} bytes")
+            elif start <= limits.max_line < size and buffer.find(b"\n", 0, limits.max_line) < 0:
+                self._refuse(414, f"the request line is over {limits.max_line} bytes")
+            self._scanned = size
+            return False
+        head_end = end + 4
+        if head_end > limits.max_head:
+            self._refuse(431, f"the request head is over {limits.max_head} bytes")
+            return False
+        line_end = buffer.find(b"\r\n")
+        if line_end > limits.max_line:
+            self._refuse(414, f"the request line is over {limits.max_line} bytes")
+            return False
+        sp1 = buffer.find(b" ", 0, line_end)
+        if (
+            sp1 > 0
+            and (buffer[sp1 + 1] != 0x2F or buffer.find(b"#", sp1, line_end) >= 0)
+            and (sp2 := buffer.rfind(b" ", 0, line_end)) > sp1
+        ):
+            # Not origin-form, or a fragment: rewritten (or refused).
+            origin = self._origin_form(bytes(buffer[sp1 + 1 : sp2]))
+            if origin is None:
+                return False
+            target, authority = origin
+            line = bytes(buffer[: sp1 + 1]) + target + bytes(buffer[sp2:line_end])
+            rest = bytes(buffer[line_end:head_end])
+            if authority is not None:
+                # RFC 9112 3.2.2: the target's authority is the Host (one Host at most).
+                if len(_HOST_FIELD.findall(rest)) > 1:
+                    self._refuse(400, "a request has exactly one Host field")
+                    return False
+                rest = b"\r\nHost: " + authority + _HOST_FIELD.sub(b"", rest)
+            buffer[:head_end] = line + rest
+            head_end = len(line) + len(rest)
+        self._url = b""
+        self._fields = []
+        self._length = 0
+        self._unsupported = False
+        self._special = {}
+        self._body = []
+        self._complete = False
+        self._hosts = 0
+        self._parser.feed_data(bytes(buffer[:head_end]))
+        if head_end > limits.max_field and any(  # only a long head can hold a long field
+            len(name) > limits.max_field or len(value) > limits.max_field
+            for name, value in self._fields
+        ):
+            self._refuse(431, f"a field name or value is over {limits.max_field} bytes")
+            return False
+        if len(self._fields) > limits.max_fields:
+            self._refuse(431, f"a request head has at most {limits.max_fields} fields")
+            return False
+        if self._hosts > 1 or (self._http11 and self._hosts != 1):
+            self._refuse(400, "an HTTP/1.1 request has exactly one Host field")
+            return False
+        host = self._special.get(3)
+        if host is not None and host != self._valid_host:  # checked once per connection
+            if _HOST_VALUE.fullmatch(host) is None:
+                self._refuse(400, "the Host field is not a host name or address")
+                return False
+            self._valid_host = host
+        length = self._length
+        if (
+            self._unsupported
+            or length < 0
+            or length > self._lane.max_body
+            or not self._http11
+            or not self._url.startswith(b"/")
+        ):
+            raise _HandOff
+        self._pending = (head_end, length)
+        return True
+
+    def _origin_form(self, target: bytes) -> tuple[bytes, bytes | None] | None:
+        """The target without its fragment, in origin-form, and the authority of an
+        absolute-form target; None when refused. Other forms (``*``, authority-form) are
+        aiohttp's."""
+        target = target.partition(b"#")[0]
+        authority = None
+        scheme, sep, rest = target.partition(b"://")
+        if sep and scheme.lower() in (b"http", b"https"):
+            cut = len(rest)
+            for mark in (b"/", b"?"):
+                at = rest.find(mark)
+                if 0 <= at < cut:
+                    cut = at
+            authority, path = rest[:cut], rest[cut:]
+            if not authority or b"@" in authority or _HOST_VALUE.fullmatch(authority) is None:
+                self._refuse(400, "an absolute-form target needs a host (and no user info)")
+                return None
+            target = path if path.startswith(b"/") else b"/" + path
+        if not target:
+            self._refuse(400, "the request target is empty once its fragment is removed")
+            return None
+        return target, authority
+
+    def _refuse(self, status: int, detail: str) -> None:
+        """Answer ``status`` (problem+json) and close: nothing more is read."""
+        self._refused = True
+        self._pending = None
+        self._buffer.clear()
+        transport = self._transport
+        if transport is None:
+            return
+        reason = _REASONS[status]
+        body = json.dumps(
+            {"type": "about:blank", "title": reason.decode(), "status": status, "detail": detail}
+        ).encode()
+        transport.write(
+            b"HTTP/1.1 %d %s\r\n%sContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (status, reason, self_made_head(b"application/problem+json"), len(body), body)
+        )
+        transport.close()
+
+    def check_deadlines(self, now: float, limits: FrontLimits) -> None:
+        """Cut what the limits cut (the front's reaper calls this each second): answers left
+        unread past the write timeout (abort), a request not whole within the request timeout
+        (408), an idle connection past the keep-alive timeout."""
+        transport = self._transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size() == 0:
+            self._progress = now
+        elif now - self._progress > limits.write_timeout:
+            transport.abort()  # close() would wait for a flush that never comes
+            return
+        if self._busy or self._writing_paused or self._refused:
+            return
+        if self._buffer:
+            if self._seen != self._taken:  # a request not seen waiting before: its clock starts
+                self._seen = self._taken
+                self._head_since = now
+            elif now - self._head_since > limits.request_timeout:
+                self._refuse(408, f"a request must arrive within {limits.request_timeout:g} s")
+        elif now - self.idle_since > limits.keepalive_timeout:
+            self._keep_alive = False
+            if transport.get_write_buffer_size():
+                transport.abort()  # answers still unread: close() would wait for them
+            else:
+                transport.close()
 
     def _hand_off(self) -> None:
         """Give the connection, with the bytes of the current request, to aiohttp."""
@@ -605,9 +820,29 @@ def self_made_head(content_type: bytes) -> bytes:
     return b"Content-Type: %s\r\n%s%s" % (content_type, date_line(), SERVER_LINE)
 
 
+def origin_target(request: web.BaseRequest) -> str:
+    """The target as the origin gets it and the cache keys it: origin-form, no fragment.
+
+    aiohttp's ``raw_path`` is the target as sent, an absolute-form one or a fragment included
+    (on a connection the wire front handed over; the front itself rewrites them); its
+    ``rel_url`` holds the path and query (RFC 9112 3.2.2)."""
+    raw = request.raw_path
+    if raw.startswith("/") and "#" not in raw:
+        return raw
+    return request.rel_url.raw_path_qs or "/"
+
+
 def _internal_error(reply: Reply, trace_id: str | None, shape: ErrorShape) -> None:
     content_type, body = shape.encoded(500, "internal error", "internal", trace_id)
     reply.respond(500, b"Internal Server Error", self_made_head(content_type), body)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the process's cap: aborted at once (as a full listen queue would
+    refuse it, without a byte read)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.Transport, transport).abort()
 
 
 class WireFront:
@@ -635,17 +870,21 @@ class WireFront:
         self._reaper: asyncio.TimerHandle | None = None
         self._none_left = asyncio.Event()
 
-    def __call__(self) -> WireProtocol:
+    def __call__(self) -> asyncio.Protocol:
         if self._reaper is None and not self.closing:
             self._reap()
+        limit = self.lane.limits.max_connections
+        if len(self.connections) + len(self.server.connections) >= limit:
+            return _Refused()
         return WireProtocol(self)
 
     def _reap(self) -> None:
-        """Close connections idle for longer than the keep-alive timeout (checked each
-        second, as aiohttp's keep-alive timer is coarse too)."""
-        horizon = self.loop.time() - self.lane.keepalive_timeout
-        for conn in [c for c in self.connections if not c.busy and c.idle_since < horizon]:
-            conn.close_when_idle()
+        """Cut the connections past a deadline (``FrontLimits``; checked each second, as
+        aiohttp's keep-alive timer is coarse too)."""
+        now = self.loop.time()
+        limits = self.lane.limits
+        for conn in list(self.connections):
+            conn.check_deadlines(now, limits)
         self._reaper = None if self.closing else self.loop.call_later(1.0, self._reap)
 
     def _continues(self, request: WireRequest) -> bool:

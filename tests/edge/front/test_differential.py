@@ -1,0 +1,138 @@
+"""The wire front refuses what aiohttp and HAProxy refuse: a differential corpus and a fuzzer.
+
+Every case of ``corpus.CORPUS`` goes over a raw socket to the wire lane as a CDN PoP and the
+balancer run it, to aiohttp's server and to HAProxy (``targets``). The wire lane must answer
+in the class (closed, held, 4xx, or the same status) of aiohttp's or HAProxy's answer, never a
+5xx, with its connections back to none and its CPU time bounded afterwards. The fuzzer sends
+generated heads to the two wire targets with the same invariants. ``-s`` prints the table.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.edge.front.corpus import CORPUS, Case
+from tests.edge.front.targets import TARGETS, WIRE, Outcome, Servers, exchange, servers
+
+pytestmark = [
+    pytest.mark.slow,  # HAProxy and four servers; ~40 s
+    pytest.mark.skipif(
+        shutil.which("haproxy") is None,
+        reason="haproxy is missing: `apt-get install -y haproxy` (scripts/setup.sh installs it)",
+    ),
+]
+
+CPU_PER_CASE = 2.0  # seconds of the servers' CPU one case may cost (a loaded machine's bound)
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    with servers(tmp_path_factory.mktemp("differential")) as s:
+        yield s
+
+
+def run_case(edge: Servers, pool: ThreadPoolExecutor, case: Case) -> dict[str, Outcome]:
+    """The case sent to the four targets at once."""
+    futures = {name: pool.submit(exchange, edge.ports[name], case) for name in TARGETS}
+    return {name: f.result() for name, f in futures.items()}
+
+
+def disagreements(case: Case, outcomes: dict[str, Outcome]) -> list[str]:
+    references = {outcomes["aiohttp"].klass, outcomes["haproxy"].klass, *case.also}
+    found = []
+    for name in WIRE:
+        outcome = outcomes[name]
+        if any(s >= 500 for s in outcome.statuses):
+            found.append(f"{case.name}: {name} answered {outcome} (a 5xx)")
+        elif outcome.klass not in references:
+            seen = ", ".join(f"{n} {outcomes[n]}" for n in TARGETS)
+            found.append(f"{case.name}: {name} is neither aiohttp's nor HAProxy's class ({seen})")
+    return found
+
+
+def test_the_corpus_is_large_and_named_once() -> None:
+    assert len(CORPUS) >= 60
+    assert len({case.name for case in CORPUS}) == len(CORPUS)
+
+
+def test_the_wire_lane_answers_as_aiohttp_or_haproxy(edge: Servers) -> None:
+    problems: list[str] = []
+    rows = [f"| {'input':<58} | {' | '.join(f'{n:<9}' for n in TARGETS)} |"]
+    with ThreadPoolExecutor(len(TARGETS)) as pool:
+        for case in CORPUS:
+            cpu = edge.cpu_seconds()
+            outcomes = run_case(edge, pool, case)
+            spent = edge.cpu_seconds() - cpu
+            problems += disagreements(case, outcomes)
+            if spent > CPU_PER_CASE:
+                problems.append(f"{case.name}: the servers spent {spent:.2f} s of CPU")
+            cells = " | ".join(f"{outcomes[n]!s:<9}" for n in TARGETS)
+            rows.append(f"| {case.group + ': ' + case.name:<58.58} | {cells} |")
+    print("\n".join(rows))
+    assert edge.settled() == {"pop": 0, "balancer": 0}, "connections left open"
+    assert problems == []
+
+
+# -- the fuzzer ----------------------------------------------------------------------------------
+
+TOKENS = st.sampled_from([b"GET", b"POST", b"HEAD", b"PUT", b"OPTIONS", b"CONNECT", b"get", b""])
+TARGET = st.sampled_from(
+    [b"/x", b"/x?a=1", b"*", b"http://h/x", b"//", b"/x#f", b"x", b"/%zz", b"/\x00", b""]
+)
+VERSION = st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1 ", b"http/1.1", b""])
+NAMES = st.sampled_from(
+    [
+        b"Host",
+        b"Content-Length",
+        b"Transfer-Encoding",
+        b"Expect",
+        b"Upgrade",
+        b"Connection",
+        b"X-a",
+        b"Host ",
+        b"",
+    ]
+)
+VALUES = st.sampled_from(
+    [b"h", b"0", b"3", b"-1", b"chunked", b" chunked", b"100-continue", b"close", b"a\x00b"]
+)
+SEPARATORS = st.sampled_from([b"\r\n", b"\n", b"\r", b"\r\n "])
+FIELDS = st.lists(
+    st.tuples(NAMES | st.binary(max_size=6), VALUES | st.binary(max_size=12)), max_size=6
+)
+
+
+@st.composite
+def heads(draw: st.DrawFn) -> bytes:
+    """A request head built from the pieces parsers disagree on, and some random bytes."""
+    sep = draw(SEPARATORS)
+    line = draw(TOKENS | st.binary(max_size=4)) + b" " + draw(TARGET) + b" " + draw(VERSION)
+    fields = b"".join(n + b": " + v + sep for n, v in draw(FIELDS))
+    return line + sep + fields + sep + draw(st.binary(max_size=8))
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=heads())
+def test_no_head_gets_a_5xx_or_leaves_a_connection(edge: Servers, data: bytes) -> None:
+    case = Case("fuzz", "generated", (data,), answers=1, wait=0.3)
+    cpu = edge.cpu_seconds()
+    for name in WIRE:
+        outcome = exchange(edge.ports[name], case)
+        assert not any(s >= 500 for s in outcome.statuses), (name, data, outcome)
+    assert edge.cpu_seconds() - cpu < CPU_PER_CASE
+    assert edge.settled(within=3.0) == {"pop": 0, "balancer": 0}, data
+
+
+def test_the_servers_still_answer_after_all_that(edge: Servers) -> None:
+    edge.warm()  # raises unless every target answers 200 again
+    assert edge.settled() == {"pop": 0, "balancer": 0}
