@@ -170,6 +170,8 @@ class _Series:
     events: list[_Event] = field(default_factory=list)
     callers: set[str] = field(default_factory=set)
     forwarder: bool = False
+    arrivals: list[_Event] = field(default_factory=list)
+    """Every request it received, forwarded ones too: what its callees' drops are explained by."""
 
 
 def _link_name(caller: str, callee: str) -> str:
@@ -243,10 +245,14 @@ def _build(
             )
             link.events.sort(key=lambda e: e.t)
             # Its forwarded requests' time is the link's too: the PoP's own are the rest.
+            instances[fwd].arrivals = list(instances[fwd].events)
             instances[fwd].events = [
                 e for e in instances[fwd].events if not e.bad_error and e.span_id not in forwarded
             ]
             instances[fwd].forwarder = True
+    for series in instances.values():
+        if not series.arrivals:
+            series.arrivals = list(series.events)
     return instances, links, _registrations(spans)
 
 
@@ -559,10 +565,20 @@ def _drop(
 # -- process metrics (optional) ----------------------------------------------------------------
 
 Points = Sequence[tuple[float, float]]
-RESOURCE_FLOORS = {"cpu": 0.02, "rss_mb": 1.0}
-"""The smallest spread (cores; MB per second of growth) a resource's series is judged with."""
-RESOURCE_SCALES = {"cpu": 0.1, "rss_mb": 40.0}
-"""Severity scales: a tenth of a core more (a burn gets no more on a saturated host); 40 MB."""
+RESOURCE_FLOORS = {"cpu": 0.01, "rss_mb": 1.0, "in_flight": 0.5, "down": 0.1}
+"""The smallest spread (cores; MB per second of growth; requests in flight; failed scrapes) a
+resource's series is judged with."""
+RESOURCE_SCALES = {"cpu": 0.05, "rss_mb": 40.0, "in_flight": 2.0, "down": 0.3}
+"""Severity scales: a twentieth of a core more (a process at rest uses a hundredth; a burn
+gets little more on a saturated host); 40 MB;
+two requests more held in flight (a hung handler's pile); a third of the scrapes failed."""
+PEAK_SAMPLES = 3
+"""A level (CPU, requests in flight, failed scrapes) is judged by its peak mean over this many
+consecutive samples in the window."""
+SHARED_KINDS_FREE = 1
+"""A span signal carried by this many instances (or links) is specific; beyond, each carrier's
+severity is divided by the square root of their number: a host stall slows everything at once,
+a fault in one place shows in that place."""
 
 
 def _robust_z(values: Sequence[float], floor: float) -> list[float]:
@@ -598,10 +614,23 @@ def _per_second(points: Points, t0: float, bins: int, *, growth: bool) -> list[f
     return filled
 
 
+def _usable(metrics: Mapping[str, Mapping[str, Points]]) -> dict[str, Mapping[str, Points]]:
+    """The metrics judged, by ``RESOURCE_FLOORS``' names: ``up`` becomes ``down`` (a failed
+    scrape is 1), so that every series is judged by how far it rose above its usual."""
+    out: dict[str, Mapping[str, Points]] = {}
+    for metric, per in metrics.items():
+        if metric == "up":
+            out["down"] = {i: [(t, 1.0 - v) for t, v in pts] for i, pts in per.items()}
+        elif metric in RESOURCE_FLOORS:
+            out[metric] = per
+    return out
+
+
 def _resources(
     metrics: Mapping[str, Mapping[str, Points]], t0: float, bins: int
 ) -> dict[str, list[float]]:
-    """Per instance and second: how far its CPU use, or its memory growth, is off its usual."""
+    """Per instance and second: how far its CPU use, its memory growth, its requests in flight
+    or its failed scrapes are off its usual."""
     out: dict[str, list[float]] = {}
     for metric, per in metrics.items():
         if metric not in RESOURCE_FLOORS:
@@ -630,11 +659,21 @@ def _resource_signals(
             inside = [v for t, v in points if win[0] <= t < win[1]]
             if len(base) < 5 or len(inside) < 2:
                 continue
-            if metric == "cpu":
+            if metric != "rss_mb":
                 before = statistics.median(base)
                 spread = max(floor, statistics.median(abs(v - before) for v in base) * 1.4826)
-                change = statistics.fmean(inside) - before
-                text = f"CPU {before:.2f} cores before, {statistics.fmean(inside):.2f} during"
+                # The peak of a few seconds, not the window's mean: a burn starved of the
+                # shared cores, a pile of hung requests cancelled, last less than the window.
+                during = max(
+                    statistics.fmean(inside[i : i + PEAK_SAMPLES])
+                    for i in range(max(1, len(inside) - PEAK_SAMPLES + 1))
+                )
+                change = during - before
+                text = {
+                    "cpu": f"CPU {before:.2f} cores before, {during:.2f} at its peak",
+                    "in_flight": f"in flight {before:.1f} requests before, {during:.1f} at peak",
+                    "down": f"{during:.0%} of its scrapes failed ({before:.0%} before)",
+                }[metric]
             else:
                 steps = [b - a for a, b in itertools.pairwise(base)]
                 usual = statistics.median(steps)
@@ -669,7 +708,8 @@ def localize_blind(
     t1 = max(s.start_ns for s in spans) / 1e9
     bins = max(1, int((t1 - t0) // BIN_S))  # whole seconds only: a last partial one looks quiet
     instances, links, registrations = _build(spans)
-    resources = _resources(metrics or {}, t0, bins)
+    metrics = _usable(metrics or {})
+    resources = _resources(metrics, t0, bins)
     alarms, worst = _window([*instances.values(), *links.values()], t0, bins, resources)
     # A change needs a before: alarms in the first seconds (what the previous events left)
     # cannot start a window.
@@ -708,7 +748,7 @@ def localize_blind(
             if s := _slow_signal("slow-self", "requests", inside, base):
                 sigs.append(s)
             frac, surprise = _drop(inside, base, win_s, base_s)
-            drops[name] = frac
+            drops[name] = _drop(*_split(series.arrivals, win, MARGIN_S), win_s, base_s)[0]
             if surprise >= SIGNIFICANT:
                 sigs.append(
                     _Signal("missing", frac, f"{frac:.0%} of the expected requests never came")
@@ -744,7 +784,7 @@ def localize_blind(
                     explained = max((drops.get(c, 0.0) for c in callers), default=0.0)
                     s.severity = _severity(s.severity - explained, DROP_SCALE)
             signals[name] = [s for s in sigs if s.severity > 0.05]
-        for inst, sig in _resource_signals(metrics or {}, win, MARGIN_S):
+        for inst, sig in _resource_signals(metrics, win, MARGIN_S):
             if inst not in instances:  # it served nothing in the spans given, yet it ran
                 instances[inst] = _Series(Entity("instance", inst, inst.rsplit("-", 1)[0]))
             signals[inst].append(sig)
@@ -786,6 +826,7 @@ def _suspects(
     win: tuple[float, float],
 ) -> list[BlindSuspect]:
     out: list[BlindSuspect] = []
+    found: list[tuple[str, Entity, list[_Signal]]] = []
     into: dict[str, list[str]] = defaultdict(list)
     for name, series in links.items():
         into[series.entity.instance].append(name)
@@ -818,7 +859,15 @@ def _suspects(
                 for k, v in per_kind.items()
             )
             sigs.extend(_Signal(s.kind, 0.0, s.text) for s in net)
-        if not sigs or _score(sigs) <= 0:
+        if sigs:
+            found.append((name, series.entity, sigs))
+    for name, sigs in link_signals.items():
+        if name in merged or not sigs:
+            continue
+        found.append((name, links[name].entity, list(sigs)))
+    _discount_shared(found)
+    for name, entity, sigs in found:
+        if _score(sigs) <= 0:
             continue
         inside_net = max((s.severity for s in sigs if s.kind.startswith("ingress")), default=0.0)
         inside_svc = max(
@@ -827,26 +876,33 @@ def _suspects(
         out.append(
             BlindSuspect(
                 name,
-                series.entity,
-                "network" if inside_net > inside_svc else "in-service",
+                entity,
+                "network" if entity.kind == "link" or inside_net > inside_svc else "in-service",
                 _score(sigs),
                 tuple(f"{s.kind}: {s.text} [{s.severity:.2f}]" for s in sigs if s.severity > 0),
             )
         )
-    for name, sigs in link_signals.items():
-        if name in merged or not sigs:
-            continue
-        out.append(
-            BlindSuspect(
-                name,
-                links[name].entity,
-                "network",
-                _score(sigs),
-                tuple(f"{s.kind}: {s.text} [{s.severity:.2f}]" for s in sigs),
-            )
-        )
     out.sort(key=lambda s: (-s.score, s.name))
     return out
+
+
+OWN_KINDS = frozenset({"cpu", "rss_mb", "in_flight", "down", "restart"})
+"""Signals of one process's own telemetry, never discounted as shared."""
+
+
+def _discount_shared(found: Sequence[tuple[str, Entity, list[_Signal]]]) -> None:
+    """Divide each span signal's severity by the square root of how many suspects carry its
+    kind (beyond ``SHARED_KINDS_FREE``): what everything shows at once (a host stall, load
+    that moved) says little about where, a process's own CPU, memory or failed scrapes do."""
+    carriers: Counter[str] = Counter()
+    for _, _, sigs in found:
+        kinds = {s.kind.removeprefix("ingress-") for s in sigs if s.severity > 0}
+        carriers.update(kinds - OWN_KINDS)
+    for _, _, sigs in found:
+        for s in sigs:
+            k = carriers[s.kind.removeprefix("ingress-")]
+            if s.kind not in OWN_KINDS and k > SHARED_KINDS_FREE:
+                s.severity /= math.sqrt(k - SHARED_KINDS_FREE + 1)
 
 
 # -- an experiment's journal section -----------------------------------------------------------
