@@ -776,6 +776,10 @@ def localize_blind(
                         f"(caller lost {caller_drop:.0%})",
                     )
                 )
+        # Every caller's calls into an instance together: a sparse callee's callers may each
+        # see too few failures to be significant, while all of them see its ingress fail.
+        for callee, sig in _ingress_signals(instances, links, win):
+            signals[callee].append(sig)
         # Calls into an instance that stopped arriving, while its callers did not lose theirs.
         for name, sigs in signals.items():
             for s in sigs:
@@ -811,6 +815,50 @@ def localize_blind(
             seen = {s.name for s in suspects}
             suspects.extend(s for s in found if s.name not in seen)
     return BlindResult(window, tuple(suspects), reason, len(spans))
+
+
+INGRESS_KINDS: tuple[tuple[str, str, Any], ...] = (
+    ("no-answer", "calls got no answer", lambda e: e.lost),
+    ("errors", "calls failed", lambda e: e.bad_error),
+)
+VETO_RISE = 0.1
+"""A caller whose share of bad calls into an instance rose by less than this is not hurt."""
+
+
+def _ingress_signals(
+    instances: Mapping[str, _Series], links: Mapping[str, _Series], win: tuple[float, float]
+) -> list[tuple[str, _Signal]]:
+    """Per instance, the calls of all its callers into it judged as one series: significant
+    when together they fail, unless a caller with enough calls is not hurt (then it is a link,
+    not the instance's ingress)."""
+    into: dict[str, list[_Series]] = defaultdict(list)
+    for series in links.values():
+        into[series.entity.instance].append(series)
+    out = []
+    for callee, members in into.items():
+        if callee not in instances or len(members) < 2:
+            continue  # one caller: its link's own signal says it all
+        events = sorted((e for m in members for e in m.events), key=lambda e: e.t)
+        inside, base = _split(events, win, MARGIN_S)
+        for kind, what, bad in INGRESS_KINDS:
+            sig = _rate_signal(kind, what, inside, base, bad)
+            if sig is None or any(_unhurt(m, win, bad) for m in members):
+                continue
+            out.append(
+                (
+                    callee,
+                    _Signal(f"ingress-{kind}", sig.severity, f"{len(members)} callers: {sig.text}"),
+                )
+            )
+    return out
+
+
+def _unhurt(series: _Series, win: tuple[float, float], bad: Any) -> bool:
+    inside, base = _split(series.events, win, MARGIN_S)
+    if len(inside) < MIN_CALLS_TO_VETO:
+        return False
+    before = sum(bool(bad(e)) for e in base) / max(1, len(base))
+    return sum(bool(bad(e)) for e in inside) / len(inside) < before + VETO_RISE
 
 
 def _score(sigs: Sequence[_Signal]) -> float:
@@ -854,9 +902,11 @@ def _suspects(
                     for s in link_signals[n]:
                         per_kind[s.kind].append(s.severity)
             # Per caller, not per call: the median caller's severity of each kind.
+            have = {s.kind for s in sigs}
             sigs.extend(
                 _Signal(f"ingress-{k}", statistics.median(v), f"{len(v)} callers: {k}")
                 for k, v in per_kind.items()
+                if f"ingress-{k}" not in have
             )
             sigs.extend(_Signal(s.kind, 0.0, s.text) for s in net)
         if sigs:

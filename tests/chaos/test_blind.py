@@ -3,6 +3,7 @@ service, no fault at all — and the localiser never told when or where."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections.abc import Mapping
@@ -217,3 +218,23 @@ def test_too_few_spans_is_undetermined() -> None:
     result = localize_blind(traffic(Fault(self_ms={"payments-1": 300}))[:20])
     assert result.window is None
     assert "too few spans" in result.reason
+
+
+def _two_callers(spans: list[SpanRecord]) -> list[SpanRecord]:
+    """Every other trace goes through gateway-2 instead of gateway-1."""
+    out = []
+    for s in spans:
+        if s.instance_id == "gateway-1" and int(s.trace_id, 16) % 2:
+            s = dataclasses.replace(s, instance_id="gateway-2")
+        out.append(s)
+    return out
+
+
+def test_a_sparse_instances_ingress_failing_for_every_caller_is_found() -> None:
+    # payments-1 takes one call a second, split over two callers: each sees too few failures
+    # to be significant alone, together they single the instance out.
+    rates = {**RATES, "payments-1": 1.0}
+    spans = _two_callers(traffic(Fault(reset={"payments-1"}), rates=rates))
+    result = localize_blind(spans)
+    truth = Truth("link", caller="gateway", callees=frozenset({"payments-1"}))
+    assert rank_of([s.entity for s in result.suspects], truth) == 1, result.suspects[:3]
