@@ -565,15 +565,15 @@ def _drop(
 # -- process metrics (optional) ----------------------------------------------------------------
 
 Points = Sequence[tuple[float, float]]
-RESOURCE_FLOORS = {"cpu": 0.01, "rss_mb": 1.0, "in_flight": 0.5, "down": 0.1}
-"""The smallest spread (cores; MB per second of growth; requests in flight; failed scrapes) a
-resource's series is judged with."""
-RESOURCE_SCALES = {"cpu": 0.05, "rss_mb": 40.0, "in_flight": 2.0, "down": 0.3}
+RESOURCE_FLOORS = {"cpu": 0.01, "rss_mb": 1.0, "down": 0.1}
+"""The smallest spread (cores; MB per second of growth; failed scrapes) a resource's series is
+judged with. Requests in flight are not judged: they rise at every caller up the chain of a
+slow callee (the balancer's most), so they say that something below is slow, not where."""
+RESOURCE_SCALES = {"cpu": 0.05, "rss_mb": 40.0, "down": 0.3}
 """Severity scales: a twentieth of a core more (a process at rest uses a hundredth; a burn
-gets little more on a saturated host); 40 MB;
-two requests more held in flight (a hung handler's pile); a third of the scrapes failed."""
+gets little more on a saturated host); 40 MB; a third of the scrapes failed."""
 PEAK_SAMPLES = 3
-"""A level (CPU, requests in flight, failed scrapes) is judged by its peak mean over this many
+"""A level (CPU, failed scrapes) is judged by its peak mean over this many
 consecutive samples in the window."""
 SHARED_KINDS_FREE = 1
 """A span signal carried by this many instances (or links) is specific; beyond, each carrier's
@@ -629,8 +629,8 @@ def _usable(metrics: Mapping[str, Mapping[str, Points]]) -> dict[str, Mapping[st
 def _resources(
     metrics: Mapping[str, Mapping[str, Points]], t0: float, bins: int
 ) -> dict[str, list[float]]:
-    """Per instance and second: how far its CPU use, its memory growth, its requests in flight
-    or its failed scrapes are off its usual."""
+    """Per instance and second: how far its CPU use, its memory growth or its failed scrapes
+    are off its usual."""
     out: dict[str, list[float]] = {}
     for metric, per in metrics.items():
         if metric not in RESOURCE_FLOORS:
@@ -663,7 +663,7 @@ def _resource_signals(
                 before = statistics.median(base)
                 spread = max(floor, statistics.median(abs(v - before) for v in base) * 1.4826)
                 # The peak of a few seconds, not the window's mean: a burn starved of the
-                # shared cores, a pile of hung requests cancelled, last less than the window.
+                # shared cores, a restart's failed scrapes, last less than the window.
                 during = max(
                     statistics.fmean(inside[i : i + PEAK_SAMPLES])
                     for i in range(max(1, len(inside) - PEAK_SAMPLES + 1))
@@ -671,7 +671,6 @@ def _resource_signals(
                 change = during - before
                 text = {
                     "cpu": f"CPU {before:.2f} cores before, {during:.2f} at its peak",
-                    "in_flight": f"in flight {before:.1f} requests before, {during:.1f} at peak",
                     "down": f"{during:.0%} of its scrapes failed ({before:.0%} before)",
                 }[metric]
             else:
@@ -936,7 +935,7 @@ def _suspects(
     return out
 
 
-OWN_KINDS = frozenset({"cpu", "rss_mb", "in_flight", "down", "restart"})
+OWN_KINDS = frozenset({"cpu", "rss_mb", "down", "restart"})
 """Signals of one process's own telemetry, never discounted as shared."""
 
 
