@@ -19,13 +19,17 @@
    (``1 - exp(-x / scale)``), kept only where the count behind it is significant against the
    entity's baseline. Nothing grows with volume: a busy service with a mild slowdown scores its
    mildness, a quiet one with a severe fault its severity.
-4. **Process metrics (optional).** Where Prometheus' per-instance CPU and resident memory
-   are given (``chaos.procmetrics``), CPU beyond an instance's own level and memory growth add
-   evidence to its place and signals to its suspect: a CPU burn or a leak leaves little else.
+4. **Process metrics (optional).** Where Prometheus' per-instance CPU, resident memory and
+   ``up`` are given (``chaos.procmetrics``), CPU beyond an instance's own level (at its peak),
+   memory growth and failed scrapes add evidence to its place and signals to its suspect: a
+   CPU burn or a leak leaves little else, a stopped or crashed process fails its scrapes.
 5. **Suspects.** An instance's score is its strongest severity (plus a tenth of the others, to
    break ties). Links into an instance where every caller with enough calls is anomalous merge
-   into the instance's ingress (its own network); otherwise each anomalous link is a suspect of
-   its own. A forwarding instance's errors and self time are its link's to its upstream.
+   into the instance's ingress (its own network); the calls of all callers into an instance
+   are also judged together (a sparse callee's callers may each see too few failures). Other
+   anomalous links are suspects of their own. A forwarding instance's errors and self time are
+   its link's to its upstream. A span signal that several suspects carry (a host stall slows
+   everything) is divided by the square root of their number; a process's own metrics are not.
    The strongest cluster of alarms is the window; the next two add their suspects below.
 """
 
