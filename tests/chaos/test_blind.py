@@ -251,6 +251,7 @@ def test_fewer_shoppers_upstream_explain_the_gateways_missing_requests() -> None
         if not (FAULT_FROM <= root_start[s.trace_id] < FAULT_TO and int(s.trace_id, 16) % 2)
     ]
     result = localize_blind(kept)
-    assert result.suspects and result.suspects[0].name == "payments-1", result.suspects[:3]
+    assert result.suspects
+    assert result.suspects[0].name == "payments-1", result.suspects[:3]
     gateway = [s for s in result.suspects if s.name == "gateway-1"]
     assert not any("missing" in e for s in gateway for e in s.evidence), gateway
