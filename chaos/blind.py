@@ -19,13 +19,17 @@
    (``1 - exp(-x / scale)``), kept only where the count behind it is significant against the
    entity's baseline. Nothing grows with volume: a busy service with a mild slowdown scores its
    mildness, a quiet one with a severe fault its severity.
-4. **Process metrics (optional).** Where Prometheus' per-instance CPU and resident memory
-   are given (``chaos.procmetrics``), CPU beyond an instance's own level and memory growth add
-   evidence to its place and signals to its suspect: a CPU burn or a leak leaves little else.
+4. **Process metrics (optional).** Where Prometheus' per-instance CPU, resident memory and
+   ``up`` are given (``chaos.procmetrics``), CPU beyond an instance's own level (at its peak),
+   memory growth and failed scrapes add evidence to its place and signals to its suspect: a
+   CPU burn or a leak leaves little else, a stopped or crashed process fails its scrapes.
 5. **Suspects.** An instance's score is its strongest severity (plus a tenth of the others, to
    break ties). Links into an instance where every caller with enough calls is anomalous merge
-   into the instance's ingress (its own network); otherwise each anomalous link is a suspect of
-   its own. A forwarding instance's errors and self time are its link's to its upstream.
+   into the instance's ingress (its own network); the calls of all callers into an instance
+   are also judged together (a sparse callee's callers may each see too few failures). Other
+   anomalous links are suspects of their own. A forwarding instance's errors and self time are
+   its link's to its upstream. A span signal that several suspects carry (a host stall slows
+   everything) is divided by the square root of their number; a process's own metrics are not.
    The strongest cluster of alarms is the window; the next two add their suspects below.
 """
 
@@ -170,6 +174,8 @@ class _Series:
     events: list[_Event] = field(default_factory=list)
     callers: set[str] = field(default_factory=set)
     forwarder: bool = False
+    arrivals: list[_Event] = field(default_factory=list)
+    """Every request it received, forwarded ones too: what its callees' drops are explained by."""
 
 
 def _link_name(caller: str, callee: str) -> str:
@@ -243,10 +249,14 @@ def _build(
             )
             link.events.sort(key=lambda e: e.t)
             # Its forwarded requests' time is the link's too: the PoP's own are the rest.
+            instances[fwd].arrivals = list(instances[fwd].events)
             instances[fwd].events = [
                 e for e in instances[fwd].events if not e.bad_error and e.span_id not in forwarded
             ]
             instances[fwd].forwarder = True
+    for series in instances.values():
+        if not series.arrivals:
+            series.arrivals = list(series.events)
     return instances, links, _registrations(spans)
 
 
@@ -559,10 +569,20 @@ def _drop(
 # -- process metrics (optional) ----------------------------------------------------------------
 
 Points = Sequence[tuple[float, float]]
-RESOURCE_FLOORS = {"cpu": 0.02, "rss_mb": 1.0}
-"""The smallest spread (cores; MB per second of growth) a resource's series is judged with."""
-RESOURCE_SCALES = {"cpu": 0.1, "rss_mb": 40.0}
-"""Severity scales: a tenth of a core more (a burn gets no more on a saturated host); 40 MB."""
+RESOURCE_FLOORS = {"cpu": 0.01, "rss_mb": 1.0, "down": 0.1}
+"""The smallest spread (cores; MB per second of growth; failed scrapes) a resource's series is
+judged with. Requests in flight are not judged: they rise at every caller up the chain of a
+slow callee (the balancer's most), so they say that something below is slow, not where."""
+RESOURCE_SCALES = {"cpu": 0.05, "rss_mb": 40.0, "down": 0.3}
+"""Severity scales: a twentieth of a core more (a process at rest uses a hundredth; a burn
+gets little more on a saturated host); 40 MB; a third of the scrapes failed."""
+PEAK_SAMPLES = 3
+"""A level (CPU, failed scrapes) is judged by its peak mean over this many
+consecutive samples in the window."""
+SHARED_KINDS_FREE = 1
+"""A span signal carried by this many instances (or links) is specific; beyond, each carrier's
+severity is divided by the square root of their number: a host stall slows everything at once,
+a fault in one place shows in that place."""
 
 
 def _robust_z(values: Sequence[float], floor: float) -> list[float]:
@@ -598,10 +618,23 @@ def _per_second(points: Points, t0: float, bins: int, *, growth: bool) -> list[f
     return filled
 
 
+def _usable(metrics: Mapping[str, Mapping[str, Points]]) -> dict[str, Mapping[str, Points]]:
+    """The metrics judged, by ``RESOURCE_FLOORS``' names: ``up`` becomes ``down`` (a failed
+    scrape is 1), so that every series is judged by how far it rose above its usual."""
+    out: dict[str, Mapping[str, Points]] = {}
+    for metric, per in metrics.items():
+        if metric == "up":
+            out["down"] = {i: [(t, 1.0 - v) for t, v in pts] for i, pts in per.items()}
+        elif metric in RESOURCE_FLOORS:
+            out[metric] = per
+    return out
+
+
 def _resources(
     metrics: Mapping[str, Mapping[str, Points]], t0: float, bins: int
 ) -> dict[str, list[float]]:
-    """Per instance and second: how far its CPU use, or its memory growth, is off its usual."""
+    """Per instance and second: how far its CPU use, its memory growth or its failed scrapes
+    are off its usual."""
     out: dict[str, list[float]] = {}
     for metric, per in metrics.items():
         if metric not in RESOURCE_FLOORS:
@@ -630,11 +663,20 @@ def _resource_signals(
             inside = [v for t, v in points if win[0] <= t < win[1]]
             if len(base) < 5 or len(inside) < 2:
                 continue
-            if metric == "cpu":
+            if metric != "rss_mb":
                 before = statistics.median(base)
                 spread = max(floor, statistics.median(abs(v - before) for v in base) * 1.4826)
-                change = statistics.fmean(inside) - before
-                text = f"CPU {before:.2f} cores before, {statistics.fmean(inside):.2f} during"
+                # The peak of a few seconds, not the window's mean: a burn starved of the
+                # shared cores, a restart's failed scrapes, last less than the window.
+                during = max(
+                    statistics.fmean(inside[i : i + PEAK_SAMPLES])
+                    for i in range(max(1, len(inside) - PEAK_SAMPLES + 1))
+                )
+                change = during - before
+                text = {
+                    "cpu": f"CPU {before:.2f} cores before, {during:.2f} at its peak",
+                    "down": f"{during:.0%} of its scrapes failed ({before:.0%} before)",
+                }[metric]
             else:
                 steps = [b - a for a, b in itertools.pairwise(base)]
                 usual = statistics.median(steps)
@@ -669,7 +711,8 @@ def localize_blind(
     t1 = max(s.start_ns for s in spans) / 1e9
     bins = max(1, int((t1 - t0) // BIN_S))  # whole seconds only: a last partial one looks quiet
     instances, links, registrations = _build(spans)
-    resources = _resources(metrics or {}, t0, bins)
+    metrics = _usable(metrics or {})
+    resources = _resources(metrics, t0, bins)
     alarms, worst = _window([*instances.values(), *links.values()], t0, bins, resources)
     # A change needs a before: alarms in the first seconds (what the previous events left)
     # cannot start a window.
@@ -708,7 +751,7 @@ def localize_blind(
             if s := _slow_signal("slow-self", "requests", inside, base):
                 sigs.append(s)
             frac, surprise = _drop(inside, base, win_s, base_s)
-            drops[name] = frac
+            drops[name] = _drop(*_split(series.arrivals, win, MARGIN_S), win_s, base_s)[0]
             if surprise >= SIGNIFICANT:
                 sigs.append(
                     _Signal("missing", frac, f"{frac:.0%} of the expected requests never came")
@@ -736,6 +779,10 @@ def localize_blind(
                         f"(caller lost {caller_drop:.0%})",
                     )
                 )
+        # Every caller's calls into an instance together: a sparse callee's callers may each
+        # see too few failures to be significant, while all of them see its ingress fail.
+        for callee, sig in _ingress_signals(instances, links, win):
+            signals[callee].append(sig)
         # Calls into an instance that stopped arriving, while its callers did not lose theirs.
         for name, sigs in signals.items():
             for s in sigs:
@@ -744,7 +791,7 @@ def localize_blind(
                     explained = max((drops.get(c, 0.0) for c in callers), default=0.0)
                     s.severity = _severity(s.severity - explained, DROP_SCALE)
             signals[name] = [s for s in sigs if s.severity > 0.05]
-        for inst, sig in _resource_signals(metrics or {}, win, MARGIN_S):
+        for inst, sig in _resource_signals(metrics, win, MARGIN_S):
             if inst not in instances:  # it served nothing in the spans given, yet it ran
                 instances[inst] = _Series(Entity("instance", inst, inst.rsplit("-", 1)[0]))
             signals[inst].append(sig)
@@ -773,6 +820,50 @@ def localize_blind(
     return BlindResult(window, tuple(suspects), reason, len(spans))
 
 
+INGRESS_KINDS: tuple[tuple[str, str, Any], ...] = (
+    ("no-answer", "calls got no answer", lambda e: e.lost),
+    ("errors", "calls failed", lambda e: e.bad_error),
+)
+VETO_RISE = 0.1
+"""A caller whose share of bad calls into an instance rose by less than this is not hurt."""
+
+
+def _ingress_signals(
+    instances: Mapping[str, _Series], links: Mapping[str, _Series], win: tuple[float, float]
+) -> list[tuple[str, _Signal]]:
+    """Per instance, the calls of all its callers into it judged as one series: significant
+    when together they fail, unless a caller with enough calls is not hurt (then it is a link,
+    not the instance's ingress)."""
+    into: dict[str, list[_Series]] = defaultdict(list)
+    for series in links.values():
+        into[series.entity.instance].append(series)
+    out = []
+    for callee, members in into.items():
+        if callee not in instances or len(members) < 2:
+            continue  # one caller: its link's own signal says it all
+        events = sorted((e for m in members for e in m.events), key=lambda e: e.t)
+        inside, base = _split(events, win, MARGIN_S)
+        for kind, what, bad in INGRESS_KINDS:
+            sig = _rate_signal(kind, what, inside, base, bad)
+            if sig is None or any(_unhurt(m, win, bad) for m in members):
+                continue
+            out.append(
+                (
+                    callee,
+                    _Signal(f"ingress-{kind}", sig.severity, f"{len(members)} callers: {sig.text}"),
+                )
+            )
+    return out
+
+
+def _unhurt(series: _Series, win: tuple[float, float], bad: Any) -> bool:
+    inside, base = _split(series.events, win, MARGIN_S)
+    if len(inside) < MIN_CALLS_TO_VETO:
+        return False
+    before = sum(bool(bad(e)) for e in base) / max(1, len(base))
+    return sum(bool(bad(e)) for e in inside) / len(inside) < before + VETO_RISE
+
+
 def _score(sigs: Sequence[_Signal]) -> float:
     sev = sorted((s.severity for s in sigs), reverse=True)
     return sev[0] + 0.1 * sum(sev[1:]) if sev else 0.0
@@ -786,6 +877,7 @@ def _suspects(
     win: tuple[float, float],
 ) -> list[BlindSuspect]:
     out: list[BlindSuspect] = []
+    found: list[tuple[str, Entity, list[_Signal]]] = []
     into: dict[str, list[str]] = defaultdict(list)
     for name, series in links.items():
         into[series.entity.instance].append(name)
@@ -813,12 +905,22 @@ def _suspects(
                     for s in link_signals[n]:
                         per_kind[s.kind].append(s.severity)
             # Per caller, not per call: the median caller's severity of each kind.
+            have = {s.kind for s in sigs}
             sigs.extend(
                 _Signal(f"ingress-{k}", statistics.median(v), f"{len(v)} callers: {k}")
                 for k, v in per_kind.items()
+                if f"ingress-{k}" not in have
             )
             sigs.extend(_Signal(s.kind, 0.0, s.text) for s in net)
-        if not sigs or _score(sigs) <= 0:
+        if sigs:
+            found.append((name, series.entity, sigs))
+    for name, sigs in link_signals.items():
+        if name in merged or not sigs:
+            continue
+        found.append((name, links[name].entity, list(sigs)))
+    _discount_shared(found)
+    for name, entity, sigs in found:
+        if _score(sigs) <= 0:
             continue
         inside_net = max((s.severity for s in sigs if s.kind.startswith("ingress")), default=0.0)
         inside_svc = max(
@@ -827,26 +929,33 @@ def _suspects(
         out.append(
             BlindSuspect(
                 name,
-                series.entity,
-                "network" if inside_net > inside_svc else "in-service",
+                entity,
+                "network" if entity.kind == "link" or inside_net > inside_svc else "in-service",
                 _score(sigs),
                 tuple(f"{s.kind}: {s.text} [{s.severity:.2f}]" for s in sigs if s.severity > 0),
             )
         )
-    for name, sigs in link_signals.items():
-        if name in merged or not sigs:
-            continue
-        out.append(
-            BlindSuspect(
-                name,
-                links[name].entity,
-                "network",
-                _score(sigs),
-                tuple(f"{s.kind}: {s.text} [{s.severity:.2f}]" for s in sigs),
-            )
-        )
     out.sort(key=lambda s: (-s.score, s.name))
     return out
+
+
+OWN_KINDS = frozenset({"cpu", "rss_mb", "down", "restart"})
+"""Signals of one process's own telemetry, never discounted as shared."""
+
+
+def _discount_shared(found: Sequence[tuple[str, Entity, list[_Signal]]]) -> None:
+    """Divide each span signal's severity by the square root of how many suspects carry its
+    kind (beyond ``SHARED_KINDS_FREE``): what everything shows at once (a host stall, load
+    that moved) says little about where, a process's own CPU, memory or failed scrapes do."""
+    carriers: Counter[str] = Counter()
+    for _, _, sigs in found:
+        kinds = {s.kind.removeprefix("ingress-") for s in sigs if s.severity > 0}
+        carriers.update(kinds - OWN_KINDS)
+    for _, _, sigs in found:
+        for s in sigs:
+            k = carriers[s.kind.removeprefix("ingress-")]
+            if s.kind not in OWN_KINDS and k > SHARED_KINDS_FREE:
+                s.severity /= math.sqrt(k - SHARED_KINDS_FREE + 1)
 
 
 # -- an experiment's journal section -----------------------------------------------------------

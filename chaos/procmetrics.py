@@ -2,7 +2,10 @@
 
 A CPU burn or a memory leak leaves no mark on spans unless the host runs out of headroom;
 ``process_cpu_seconds_total`` and ``process_resident_memory_bytes`` (every process exports
-them: ``observability.app``'s ``ProcessCollector``) single out the instance. ``fetch`` reads
+them: ``observability.app``'s ``ProcessCollector``) single out the instance; so does ``up``
+(a stopped, frozen or crashed process fails its scrapes). The requests in flight and the
+request and 5xx rates per instance are kept beside them for reading, not judged by the
+localiser: they rise or fall at every caller up the chain of a faulty callee. ``fetch`` reads
 both per instance over a time range (bounded by a deadline) while the stack still runs, and
 ``save``/``load`` keep them as ``metrics.json`` in the run folder so the blind localiser can be
 run again later, after the stack is gone.
@@ -25,6 +28,12 @@ Series = dict[str, dict[str, list[tuple[float, float]]]]
 QUERIES = {
     "cpu": "sum by (instance) (rate(process_cpu_seconds_total[3s]))",
     "rss_mb": "sum by (instance) (process_resident_memory_bytes) / 1e6",
+    # Whether the scrape answered: a stopped, frozen or killed process fails its scrapes.
+    "up": "max by (instance) (up)",
+    # Kept to read beside the spans; the localiser does not judge them (see above).
+    "in_flight": "sum by (instance) (http_server_requests_in_flight)",
+    "req_rate": "sum by (instance) (rate(http_server_requests_total[3s]))",
+    "err_rate": 'sum by (instance) (rate(http_server_requests_total{code=~"5.."}[3s]))',
 }
 FILE = "metrics.json"
 

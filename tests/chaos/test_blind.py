@@ -3,6 +3,7 @@ service, no fault at all — and the localiser never told when or where."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections.abc import Mapping
@@ -217,3 +218,40 @@ def test_too_few_spans_is_undetermined() -> None:
     result = localize_blind(traffic(Fault(self_ms={"payments-1": 300}))[:20])
     assert result.window is None
     assert "too few spans" in result.reason
+
+
+def _two_callers(spans: list[SpanRecord]) -> list[SpanRecord]:
+    """Every other trace goes through gateway-2 instead of gateway-1."""
+    out = []
+    for s in spans:
+        if s.instance_id == "gateway-1" and int(s.trace_id, 16) % 2:
+            s = dataclasses.replace(s, instance_id="gateway-2")
+        out.append(s)
+    return out
+
+
+def test_a_sparse_instances_ingress_failing_for_every_caller_is_found() -> None:
+    # payments-1 takes one call a second, split over two callers: each sees too few failures
+    # to be significant alone, together they single the instance out.
+    rates = {**RATES, "payments-1": 1.0}
+    spans = _two_callers(traffic(Fault(reset={"payments-1"}), rates=rates))
+    result = localize_blind(spans)
+    truth = Truth("link", caller="gateway", callees=frozenset({"payments-1"}))
+    assert rank_of([s.entity for s in result.suspects], truth) == 1, result.suspects[:3]
+
+
+def test_fewer_shoppers_upstream_explain_the_gateways_missing_requests() -> None:
+    # The shoppers send half as much while payments-1 is slow (a closed loop waits): the
+    # gateway's missing requests are explained by what reached the balancer before it.
+    spans = traffic(Fault(self_ms={"payments-1": 300}))
+    root_start = {s.trace_id: s.start_ns / 1e9 - T0 for s in spans if s.parent_span_id is None}
+    kept = [
+        s
+        for s in spans
+        if not (FAULT_FROM <= root_start[s.trace_id] < FAULT_TO and int(s.trace_id, 16) % 2)
+    ]
+    result = localize_blind(kept)
+    assert result.suspects
+    assert result.suspects[0].name == "payments-1", result.suspects[:3]
+    gateway = [s for s in result.suspects if s.name == "gateway-1"]
+    assert not any("missing" in e for s in gateway for e in s.evidence), gateway
