@@ -361,6 +361,7 @@ class Runner:
             "failures": failures,
             "error_ratio": round(failures / requests, 5) if requests else None,
             "p99_ms": stats.percentile("99%", since=start, until=end),
+            "p50_ms": stats.percentile("50%", since=start, until=end),
         }
 
     # -- phases --------------------------------------------------------------------------------
