@@ -79,7 +79,8 @@ def test_a_deviation_must_be_named() -> None:
         parse_experiment(_BASE + "claim: speed\n", "x.yaml")
     assert "claim" in " ".join(info.value.problems)
     exp = parse_experiment(_BASE + "expect: deviate\ndeviation: [audit]\nclaim: cdn\n")
-    assert exp.deviation == ("audit",) and exp.claim == "cdn"
+    assert exp.deviation == ("audit",)
+    assert exp.claim == "cdn"
 
 
 @pytest.mark.parametrize(
@@ -168,11 +169,15 @@ def test_metrics_and_pages_from_a_journal(tmp_path: Path) -> None:
         sentence="Only one variant ran.",
     )
     html = page.read_text()
-    assert "T &lt;1&gt;" in html and "resilience.gateway=full" in html and "20.0" in html
+    assert "T &lt;1&gt;" in html
+    assert "resilience.gateway=full" in html
+    assert "20.0" in html
     index = write_suite_index(
         tmp_path,
         [{"name": "cdn-origin-down", "claim": "cdn", "error": "stack did not start"}],
         seconds=3,
     )
     text = index.read_text()
-    assert "cdn-origin-down" in text and "stack did not start" in text and "0/1" in text
+    assert "cdn-origin-down" in text
+    assert "stack did not start" in text
+    assert "0/1" in text
