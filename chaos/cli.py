@@ -86,6 +86,19 @@ def print_result(console: Console, result: RunResult) -> None:
             section = json.loads(result.journal_path.read_text("utf-8")).get("localization")
             for line in summary_lines(section):
                 console.print(f"    {line}", markup=False)
+    if result.detected is not None:
+        console.print(f"  detected: {result.detected}")
+        with contextlib.suppress(OSError, ValueError):
+            detection = json.loads(result.journal_path.read_text("utf-8")).get("detection") or {}
+            for entry in detection.get("faults") or ():
+                if entry.get("detected"):
+                    labels = entry.get("labels") or {}
+                    about = labels.get("instance") or labels.get("link") or labels.get("service")
+                    console.print(
+                        f"    {entry['fault']}: {entry['alert']} ({about}) after "
+                        f"{entry['ttd_s']:.1f} s",
+                        markup=False,
+                    )
     console.print(f"  journal: {result.journal_path}")
     if result.report_path is not None:
         console.print(f"  report:  {result.report_path}")

@@ -4,7 +4,9 @@ It holds the timeline (each phase with its start and end), every probe's value, 
 written *before* it is applied, then marked applied and rolled back — the load's statistics,
 safeguard trips, the verdict (``passed``, ``failed``, ``aborted``, ``error``) and the fault
 localisation from traces (``localization``: per applied fault the truth, the ranked suspects
-with their evidence, the truth's rank and score; see ``chaos.localize``). The file is
+with their evidence, the truth's rank and score; see ``chaos.localize``) and the detection
+(``detection``: per applied fault the first relevant alert, time to detect and to recover;
+see ``chaos.detection``). The file is
 rewritten atomically (temporary file, then ``os.replace``) after every change, so a runner that
 crashes leaves a journal from which ``testbed chaos rollback`` can undo what it left behind.
 """
@@ -81,6 +83,7 @@ class Journal:
                 "events": [],
                 "stack": None,
                 "localization": None,
+                "detection": None,
             },
         )
         journal.save()

@@ -1367,6 +1367,51 @@ def _events(run: Run) -> list[dict[str, str]]:
     return items
 
 
+def _detection(run: Run) -> dict[str, Any] | None:
+    """Which alert detected each fault, when, and when the alerts cleared (journal
+    ``detection``, see ``chaos.detection``); None when the journal has no section."""
+    raw = _d(run.data.get("detection"))
+    if not raw:
+        return None
+
+    def secs(value: object) -> str:
+        number = _f(value)
+        return "-" if number is None else f"{number:.1f} s"
+
+    def labels(value: object) -> str:
+        return ", ".join(f"{k}={v}" for k, v in sorted(_d(value).items()) if v)
+
+    faults = []
+    for f in (_d(x) for x in _l(raw.get("faults"))):
+        detected = bool(f.get("detected"))
+        faults.append(
+            {
+                "fault": _s(f.get("fault")),
+                "alert": _s(f.get("alert")) if detected else "not detected",
+                "labels": labels(f.get("labels")),
+                "fired": run.rel(_f(f.get("fired_at"))),
+                "ttd": secs(f.get("ttd_s")),
+                "ttr": secs(f.get("ttr_s")) if f.get("recovered_at") else "not recovered",
+                "css": "m-ok" if detected else "m-bad",
+            }
+        )
+    alerts = [
+        {
+            "name": _s(a.get("name")),
+            "labels": labels(a.get("labels")),
+            "fired": run.rel(_f(a.get("fired_at"))),
+            "resolved": run.rel(_f(a.get("resolved_at"))) if a.get("resolved_at") else "firing",
+        }
+        for a in (_d(x) for x in _l(raw.get("alerts")))
+    ]
+    return {
+        "error": _s(raw.get("error")) or None,
+        "headline": _s(raw.get("headline")),
+        "faults": faults,
+        "alerts": alerts,
+    }
+
+
 def report_context(run: Run) -> dict[str, Any]:
     """Everything the report template shows, as plain data (the charts as markup)."""
     return {
@@ -1375,6 +1420,7 @@ def report_context(run: Run) -> dict[str, Any]:
         "timeline": _timeline(run),
         "failures": _failures(run),
         "localization": _localization(run),
+        "detection": _detection(run),
         "audit": _audit(run),
         "probes": _probes(run),
         "faults": _faults(run),

@@ -29,6 +29,8 @@ from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
+from chaos.alerts import AlertQueryError, alert_firings
+from chaos.detection import detection_section
 from chaos.faults import Fault, FaultContext, build_fault
 from chaos.faults.processes import ProcessControl
 from chaos.faults.toxiproxy import ToxiproxyClient
@@ -72,6 +74,8 @@ APPLY_TIMEOUT_S = 30.0
 ROLLBACK_TIMEOUT_S = 30.0
 SPAN_FLUSH_S = 2.5
 """Processes export spans every second: wait this long after the last fault before reading."""
+ALERT_SETTLE_S = 15.0
+"""After the run, wait up to this long for the alerts a fault raised to resolve (recovery)."""
 
 
 class Management(Protocol):
@@ -132,6 +136,10 @@ class RunResult:
     audit: str | None = None
     located: str | None = None
     """Whether the traces located the fault: ``yes (#1)``, ``no (#3)``, ``undetermined``."""
+    detected: str | None = None
+    """When an alert detected the fault: ``1.8 s`` after it was applied, ``no``, ``error``."""
+    ttd_s: tuple[float | None, ...] = ()
+    """Time to detect of each applied fault (``None``: no alert detected it)."""
     report_path: Path | None = None
     """The run's ``report.html`` (None when it could not be written; the run is unaffected)."""
     source: str | None = None
@@ -295,10 +303,39 @@ class Runner:
         if self._rollback_errors and verdict is not Verdict.ERROR:
             verdict = Verdict.ERROR
             reason = "rollback failed: " + "; ".join(self._rollback_errors)
+        await self._detect()
         await self._localize()
         result = self._finish(verdict, reason)
         result.report_path = await asyncio.to_thread(try_write_report, result.journal_path)
         return result
+
+    async def _detect(self) -> None:
+        """Which alert detected each applied fault, when, and when they cleared (journal
+        ``detection``, see ``chaos.detection``); waits up to ``ALERT_SETTLE_S`` for the
+        alerts to resolve. Skipped when interrupted or when the stack has no Prometheus."""
+        faults = self.journal.data["faults"]
+        url = self.stack.prometheus_url
+        if self._interrupted or not url or not any(f.get("applied_at") for f in faults):
+            return
+        with self._phase("detect"):
+            start = float(self.journal.data["started_at"]) - 2.0
+            settle_until = time.monotonic() + ALERT_SETTLE_S
+            section: dict[str, Any]
+            try:
+                while True:
+                    end = time.time()
+                    firings = await asyncio.to_thread(alert_firings, url, start, end)
+                    section = detection_section(faults, firings, end=end)
+                    unresolved = any(
+                        f["detected"] and f["recovered_at"] is None for f in section["faults"]
+                    )
+                    if not unresolved or time.monotonic() >= settle_until:
+                        break
+                    await asyncio.sleep(1.0)
+            except AlertQueryError as exc:  # detection informs; it never changes the verdict
+                section = {"error": str(exc), "headline": "error"}
+            self.journal.data["detection"] = section
+            await self.journal.asave()
 
     async def _localize(self) -> None:
         """Locate each applied fault from the run's span files (journal ``localization``).
@@ -769,7 +806,14 @@ def _fmt(value: Any) -> str:
 
 def _headline(journal: Journal) -> dict[str, Any]:
     """Error ratio and p99 during the method, and the audit's value, for summaries."""
-    out: dict[str, Any] = {"error_ratio": None, "p99_ms": None, "audit": None, "located": None}
+    out: dict[str, Any] = {
+        "error_ratio": None,
+        "p99_ms": None,
+        "audit": None,
+        "located": None,
+        "detected": None,
+        "ttd_s": (),
+    }
     for probe in journal.data["probes"]:
         name = str(probe["name"])
         if probe["phase"].startswith("verify") and "audit" in name:
@@ -781,4 +825,7 @@ def _headline(journal: Journal) -> dict[str, Any]:
     out["error_ratio"] = method.get("error_ratio", agg.get("error_ratio"))
     out["p99_ms"] = method.get("p99_ms", agg.get("p99"))
     out["located"] = (journal.data.get("localization") or {}).get("headline")
+    detection = journal.data.get("detection") or {}
+    out["detected"] = detection.get("headline")
+    out["ttd_s"] = tuple(f.get("ttd_s") for f in detection.get("faults") or ())
     return out

@@ -165,6 +165,9 @@ def status(run_dir: Path | None) -> None:
             _yes_no(row.registered),
         )
     _console().print(table)
+    for row in rows:
+        if row.ready is False and row.not_ready_reason:
+            _console().print(f"{row.instance} not ready: {row.not_ready_reason}", markup=False)
 
 
 @cli.command()
@@ -297,7 +300,7 @@ def _add_component_commands() -> None:
     from chaos.demo import demo
     from chaos.suite import compare, suite
     from chaos.traces_cli import traces
-    from services.audit_cli import audit
+    from management.audit_cli import audit
 
     for command in (audit, chaos, load, demo, traces):
         cli.add_command(command)

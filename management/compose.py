@@ -41,10 +41,11 @@ from typing import Any
 import aiohttp
 import yaml
 
+from management.alerting import alert_rules
 from management.jaeger import jaeger_config
 from management.plan import DEFAULT_BASE_PORT, LOCALHOST, InstancePlan, Plan, build_plan
+from management.prometheus import RULES_NAME, target_groups
 from management.prometheus import prometheus_config as embedded_prometheus_config
-from management.prometheus import target_groups
 from management.topology import Topology
 from management.toxiproxy import ToxiproxyClient, ToxiproxyError
 from mesh.errors import ConfigError
@@ -339,7 +340,10 @@ def _infra_services(plan: Plan, layout: ComposeLayout) -> dict[str, dict[str, An
             "--storage.tsdb.retention.time=1d",
             f"--web.listen-address=0.0.0.0:{PROMETHEUS_PORT}",
         ],
-        "volumes": ["./prometheus.yml:/etc/prometheus/prometheus.yml:ro"],
+        "volumes": [
+            "./prometheus.yml:/etc/prometheus/prometheus.yml:ro",
+            f"./{RULES_NAME}:/etc/prometheus/{RULES_NAME}:ro",
+        ],
         "ports": [_published(plan.infra.prometheus, PROMETHEUS_PORT)],
         "restart": "unless-stopped",
     }
@@ -478,7 +482,7 @@ def prometheus_config(plan: Plan) -> dict[str, Any]:
     Same jobs, intervals and target labels as ``management.prometheus`` (which uses file_sd so
     the embedded stack can scale live); here the targets are the instances' containers.
     """
-    config = embedded_prometheus_config(plan, Path("/unused"))
+    config = embedded_prometheus_config(plan, Path("/unused"), [RULES_NAME])
     owners = _owners(plan)
     for job in config["scrape_configs"]:
         if job["job_name"] == "prometheus":
@@ -863,6 +867,7 @@ def compose_files(topology: Topology, layout: ComposeLayout) -> dict[str, str]:
         "toxiproxy.json": json.dumps(toxiproxy_config(plan), indent=2) + "\n",
         "jaeger.yaml": _yaml(compose_jaeger_config(), notice),
         "prometheus.yml": _yaml(prometheus_config(plan), notice),
+        RULES_NAME: _yaml(alert_rules(topology), notice),
         "grafana/provisioning/datasources/testbed.yaml": _yaml(grafana_datasources(), notice),
         "grafana/provisioning/dashboards/testbed.yaml": _yaml(grafana_dashboard_provider(), notice),
         "grafana/dashboards/testbed-overview.json": json.dumps(

@@ -22,7 +22,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ from management.jaeger import jaeger_config
 from management.plan import DEFAULT_BASE_PORT, LOCALHOST, InstancePlan, Plan, build_plan
 from management.ports import check_ports_free
 from management.prometheus import write_prometheus_files, write_targets
-from management.registry_client import RegistryClient, RegistryError
 from management.supervisor import (
     MARKER_ENV,
     ProgramSpec,
@@ -48,6 +47,7 @@ from management.supervisor import (
 from management.topology import MAX_INSTANCES, Topology, load_topology, parse_topology
 from management.toxiproxy import INSTALL_HINT, ToxiproxyClient, ToxiproxyError, find_binary
 from mesh.errors import ConfigError, TestbedError
+from mesh.registry_client import RegistryClient, RegistryError
 
 __all__ = [
     "AlreadyUp",
@@ -165,6 +165,8 @@ class InstanceStatus:
     restarts: int
     ready: bool | None
     registered: bool | None
+    not_ready_reason: str = ""
+    """Why ``/readyz`` said no (its ``reason``, else its ``status``), when it said no."""
 
 
 _EXITED = re.compile(r"exited: (\S+) \(.*not expected\)")
@@ -179,6 +181,23 @@ def _crash_restarts(log: Path) -> dict[str, int]:
             if m:
                 counts[m.group(1)] = counts.get(m.group(1), 0) + 1
     return counts
+
+
+async def _readiness(http: aiohttp.ClientSession, url: str) -> tuple[bool, str]:
+    """``/readyz``'s verdict and, when not ready, why (its ``reason`` or ``status``)."""
+    try:
+        async with http.get(url, timeout=_HTTP_TIMEOUT) as resp:
+            if resp.status == 200:
+                return True, ""
+            try:
+                body = await resp.json(content_type=None)
+            except ValueError:
+                body = None
+            if isinstance(body, dict):
+                return False, str(body.get("reason") or body.get("status") or resp.status)
+            return False, f"HTTP {resp.status}"
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        return False, f"no answer ({type(exc).__name__})"
 
 
 async def _is_ready(http: aiohttp.ClientSession, url: str) -> bool:
@@ -292,6 +311,7 @@ class Stack:
         if self.plan.registry_url:
             rows.append(("registry", self.plan.registry_url))
         rows.append(("Prometheus", self.prometheus_url))
+        rows.append(("alerts", self.prometheus_url + "/alerts"))
         rows.append(("Toxiproxy API", self.toxiproxy_url))
         if self.jaeger_url:
             rows.append(("Jaeger", self.jaeger_url))
@@ -321,7 +341,7 @@ class Stack:
         with its planned version; fail early (with its log) if supervisord gives up on one.
 
         With ``registration_grace``, an instance ready that long without registering is let
-        through with a warning (its process does not hook in ``management.registration``).
+        through with a warning (its process does not hook in ``mesh.registration``).
         """
         pending = {i.instance_id: i for i in instances}
         ready_since: dict[str, float] = {}
@@ -359,7 +379,7 @@ class Stack:
                         self.progress(
                             f"warning: {inst.instance_id} is ready but did not register "
                             f"within {registration_grace:g}s (does its app call "
-                            "management.registration.install_registration?)"
+                            "mesh.registration.install_registration?)"
                         )
                     del pending[inst.instance_id]
                     self.progress(f"{inst.instance_id} ready ({time.monotonic() - started:.1f}s)")
@@ -409,7 +429,7 @@ class Stack:
         async with aiohttp.ClientSession() as http:
             registered = await self._registered(http)
             readiness = await asyncio.gather(
-                *(_is_ready(http, i.url + "/readyz") for i in self.plan.instances)
+                *(_readiness(http, i.url + "/readyz") for i in self.plan.instances)
             )
             infra = [
                 ("toxiproxy", self.plan.infra.toxiproxy, "/version"),
@@ -425,7 +445,7 @@ class Stack:
                         name, name, procs.get(name, {}), address, "-", ready, None, restarts, now
                     )
                 )
-        for inst, ready in zip(self.plan.instances, readiness, strict=True):
+        for inst, (ready, why) in zip(self.plan.instances, readiness, strict=True):
             proc = procs.get(inst.instance_id, {})
             version = inst.version
             is_registered: bool | None = None
@@ -433,19 +453,18 @@ class Stack:
                 is_registered = registered is not None and inst.instance_id in registered
                 if registered and inst.instance_id in registered:
                     version = registered[inst.instance_id]
-            rows.append(
-                self._row(
-                    inst.instance_id,
-                    inst.component,
-                    proc,
-                    inst.advertise,
-                    version,
-                    ready,
-                    is_registered,
-                    restarts,
-                    now,
-                )
+            row = self._row(
+                inst.instance_id,
+                inst.component,
+                proc,
+                inst.advertise,
+                version,
+                ready,
+                is_registered,
+                restarts,
+                now,
             )
+            rows.append(replace(row, not_ready_reason=why))
         return rows
 
     @staticmethod

@@ -3,8 +3,8 @@
 Callers (the RPC client, the edge load balancer) only ever ask a ``Discovery`` for the last
 known list of instances of a service; how that list is kept fresh is the implementation's
 business. ``StaticDiscovery`` serves a fixed mapping (from ``TESTBED_UPSTREAMS``), which tests
-and the embedded mode can change at run time with ``update``; the registry-backed discovery in
-``management/`` implements the same ``Discovery`` protocol.
+and the embedded mode can change at run time with ``update``; the registry-backed discovery
+(``mesh.registry_discovery``) implements the same ``Discovery`` protocol.
 """
 
 from __future__ import annotations

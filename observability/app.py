@@ -31,6 +31,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import (
     CollectorRegistry,
+    Gauge,
     GCCollector,
     PlatformCollector,
     ProcessCollector,
@@ -38,8 +39,9 @@ from prometheus_client import (
 
 from edge.front.fastlane import install_fast_lane
 from edge.front.wire import WIRE_LANE_KEY, WireSite
-from management.registration import install_registration
+from mesh.errors import TestbedError
 from mesh.process import ProcessConfig
+from mesh.registration import install_registration
 from observability.admin import add_fault_routes, make_admin_middleware
 from observability.faults import FaultController
 from observability.health import InFlight, Readiness, healthz, readyz
@@ -124,7 +126,13 @@ def create_base_app(
     app[REGISTRY_KEY] = registry
     app[TRACER_PROVIDER_KEY] = provider
     app[FAULTS_KEY] = faults
-    app[READINESS_KEY] = Readiness()
+    readiness = app[READINESS_KEY] = Readiness()
+    # What /readyz answers, for the InstanceNotReady alert (management.alerting).
+    Gauge(
+        "process_ready",
+        "1 while the process wants traffic (/readyz answers 200).",
+        registry=registry,
+    ).set_function(lambda: 1.0 if readiness.ready else 0.0)
     app[IN_FLIGHT_KEY] = in_flight
     app[HTTP_METRICS_KEY] = metrics
     app[DRAIN_HOOKS_KEY] = []
@@ -180,6 +188,9 @@ def run(
             runner.run(_serve(main_app, process, admin_app))
     except OSError as exc:  # e.g. the port is taken: one clear line, exit 1
         _log.error("listen_failed", host=process.host, port=process.port, error=str(exc))
+        raise SystemExit(1) from None
+    except TestbedError as exc:  # e.g. a database that stayed locked: one clear line, exit 1
+        _log.error("startup_failed", error=str(exc))
         raise SystemExit(1) from None
 
 

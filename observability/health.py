@@ -3,12 +3,15 @@
 Both stay truthful while faults are injected (the fault middleware never touches them).
 Readiness is an object components flip (``app[READINESS_KEY].ready = False`` until a database
 is open, say); shutdown sets ``draining`` first, which fails ``/readyz`` whatever ``ready`` says,
-then waits for ``InFlight`` to reach zero.
+then waits for ``InFlight`` to reach zero. Components may also add checks, asked on every
+``/readyz``: a check returns ``None`` when all is well, else the reason the process cannot serve
+(a database that cannot be written, say), which ``/readyz`` answers with a 503.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -23,20 +26,42 @@ class Readiness:
     def __init__(self, *, ready: bool = True) -> None:
         self._ready = ready
         self.draining = False
+        self._checks: dict[str, Callable[[], str | None]] = {}
+
+    def add_check(self, name: str, check: Callable[[], str | None]) -> None:
+        """Ask ``check()`` on every readiness question: ``None`` is fine, a string is why not."""
+        self._checks[name] = check
+
+    def remove_check(self, name: str) -> None:
+        self._checks.pop(name, None)
+
+    def problem(self) -> str | None:
+        """The first failing check's reason, as ``"<name>: <reason>"``."""
+        for name, check in self._checks.items():
+            reason = check()
+            if reason is not None:
+                return f"{name}: {reason}"
+        return None
 
     @property
     def ready(self) -> bool:
-        return self._ready and not self.draining
+        return self._ready and not self.draining and self.problem() is None
 
     @ready.setter
     def ready(self, value: bool) -> None:
         self._ready = value
 
     @property
+    def starting(self) -> bool:
+        return not self._ready
+
+    @property
     def reason(self) -> str:
         if self.draining:
             return "draining"
-        return "ready" if self._ready else "starting"
+        if not self._ready:
+            return "starting"
+        return "ready" if self.problem() is None else "unavailable"
 
 
 class InFlight:
@@ -71,7 +96,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready for traffic: 200, or 503 while starting or draining."""
+    """Ready for traffic: 200, or 503 while starting, draining or when a check fails (then
+    ``reason`` says why)."""
     readiness = request.app[READINESS_KEY]
-    status = 200 if readiness.ready else 503
-    return web.json_response({"status": readiness.reason}, status=status)
+    if readiness.draining or readiness.starting:
+        return web.json_response({"status": readiness.reason}, status=503)
+    problem = readiness.problem()
+    if problem is not None:
+        return web.json_response({"status": "unavailable", "reason": problem}, status=503)
+    return web.json_response({"status": "ready"})

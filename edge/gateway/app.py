@@ -26,8 +26,8 @@ from edge.gateway.upstreams import (
     GATEWAY_METRICS_KEY,
     upstreams_ctx,
 )
-from management.registration import install_registration
 from mesh.discovery import Discovery
+from mesh.registration import install_registration
 from observability.app import REGISTRY_KEY, create_base_app
 
 

@@ -22,8 +22,8 @@ from aiohttp import web
 from edge.gateway.config import GatewayConfig
 from edge.gateway.metrics import GatewayMetrics
 from edge.gateway.problems import ProblemError
-from management.discovery import discovery_for
 from mesh.discovery import Discovery
+from mesh.registry_discovery import discovery_for
 from mesh.resilience import ResilienceProfile, profile_for, profile_named
 from mesh.rpc import Code, RpcClient, RpcError
 from observability.keys import REGISTRY_KEY, TRACER_PROVIDER_KEY

@@ -12,8 +12,8 @@ from observability.app import READINESS_KEY, create_base_app
 from services.catalog.config import Config
 from services.catalog.handlers import CONFIG_KEY, STORE_KEY, service
 from services.catalog.store import MIGRATIONS, CatalogStore
-from services.common.db import Database
 from services.common.runtime import database_path
+from services.common.write_watch import open_database
 
 
 def create_app(
@@ -27,7 +27,7 @@ def create_app(
     app[READINESS_KEY].ready = False
 
     async def database(app: web.Application) -> AsyncIterator[None]:
-        db = await Database.open(database_path(config.process), MIGRATIONS)
+        db = await open_database(app, database_path(config.process), MIGRATIONS, config.db)
         try:
             app[STORE_KEY] = await CatalogStore.open(db, seed_count=config.seed_products)
             app[READINESS_KEY].ready = True

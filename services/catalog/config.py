@@ -4,21 +4,24 @@
 ``CATALOG_CACHE_MAX_AGE``         ``max-age`` of list and detail answers, seconds (default 30)
 ``CATALOG_STALE_WHILE_REVALIDATE`` seconds a cache may serve stale while refreshing (default 30)
 ``CATALOG_STALE_IF_ERROR``        seconds a cache may serve stale if the origin fails (default 300)
-plus the common ``TESTBED_*`` variables of ``mesh.process``.
+plus the common ``TESTBED_*`` variables of ``mesh.process`` and the ``TESTBED_DB_*`` ones of
+``services.common.db``.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mesh.process import ProcessConfig, env_int
+from services.common.db import DbSettings
 
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
     process: ProcessConfig
+    db: DbSettings = field(default_factory=DbSettings)
     seed_products: int = 100
     cache_max_age: int = 30
     stale_while_revalidate: int = 30
@@ -37,6 +40,7 @@ class Config:
         e = os.environ if env is None else env
         return cls(
             process=ProcessConfig.from_env("catalog", e),
+            db=DbSettings.from_env(e),
             seed_products=env_int(e, "CATALOG_SEED_PRODUCTS", 100, minimum=1),
             cache_max_age=env_int(e, "CATALOG_CACHE_MAX_AGE", 30, minimum=0),
             stale_while_revalidate=env_int(e, "CATALOG_STALE_WHILE_REVALIDATE", 30, minimum=0),

@@ -9,8 +9,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from observability.app import READINESS_KEY, create_base_app
-from services.common.db import Database
 from services.common.runtime import database_path, periodic_ctx
+from services.common.write_watch import open_database
 from services.inventory.config import Config
 from services.inventory.handlers import STORE_KEY, service
 from services.inventory.store import MIGRATIONS, InventoryStore
@@ -30,7 +30,7 @@ def create_app(
     app[READINESS_KEY].ready = False
 
     async def database(app: web.Application) -> AsyncIterator[None]:
-        db = await Database.open(database_path(config.process), MIGRATIONS)
+        db = await open_database(app, database_path(config.process), MIGRATIONS, config.db)
         try:
             app[STORE_KEY] = await InventoryStore.open(
                 db, consistency=config.consistency, seed_count=config.seed_products

@@ -10,12 +10,11 @@ from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
-from management.discovery import discovery_for
 from mesh.discovery import Discovery
+from mesh.registry_discovery import discovery_for
 from observability.app import READINESS_KEY, REGISTRY_KEY, create_base_app
 from services.common.consistency import Consistency
 from services.common.crash import CrashSwitch
-from services.common.db import Database
 from services.common.runtime import (
     CRASH_KEY,
     DISCOVERY_KEY,
@@ -25,6 +24,7 @@ from services.common.runtime import (
     periodic_ctx,
     rpc_client,
 )
+from services.common.write_watch import open_database
 from services.orders.checkout import Checkout, SagaMetrics
 from services.orders.config import Config
 from services.orders.handlers import CHECKOUT_KEY, SAGA_TASKS_KEY, service
@@ -51,7 +51,7 @@ def create_app(
     metrics = SagaMetrics(app[REGISTRY_KEY])
 
     async def database(app: web.Application) -> AsyncIterator[None]:
-        db = await Database.open(database_path(process), MIGRATIONS)
+        db = await open_database(app, database_path(process), MIGRATIONS, config.db)
         try:
             app[CHECKOUT_KEY] = Checkout(
                 OrdersStore(db),

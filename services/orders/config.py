@@ -9,7 +9,8 @@
 ``TESTBED_CONSISTENCY``       ``saga`` (default) or ``naive`` (no keys, compensation, recovery)
 ``TESTBED_CRASH_AFTER``       testing hook: exit 137 right after a saga step is stored
                               (``started``, ``reserved``, ``charged``, ``compensating``, ...)
-plus the common ``TESTBED_*`` variables of ``mesh.process`` (upstreams: catalog, inventory,
+plus the common ``TESTBED_*`` variables of ``mesh.process`` and the ``TESTBED_DB_*`` ones of
+``services.common.db`` (upstreams: catalog, inventory,
 payments).
 """
 
@@ -21,12 +22,14 @@ from dataclasses import dataclass, field
 
 from mesh.process import ProcessConfig, env_float
 from services.common.consistency import Consistency, consistency_from_env
+from services.common.db import DbSettings
 from services.orders.checkout import SagaSettings
 
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
     process: ProcessConfig
+    db: DbSettings = field(default_factory=DbSettings)
     consistency: Consistency = Consistency.SAGA
     saga: SagaSettings = field(default_factory=SagaSettings)
     recovery_interval: float = 1.0
@@ -40,6 +43,7 @@ class Config:
         recovery_interval = env_float(e, "ORDERS_RECOVERY_INTERVAL", 1.0, minimum=0.05)
         return cls(
             process=ProcessConfig.from_env("orders", e),
+            db=DbSettings.from_env(e),
             consistency=consistency_from_env(e),
             saga=SagaSettings(
                 saga_timeout=env_float(e, "ORDERS_SAGA_TIMEOUT", 30.0, minimum=0.1),

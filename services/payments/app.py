@@ -11,13 +11,13 @@ from prometheus_client import CollectorRegistry
 from observability.app import READINESS_KEY, create_base_app
 from services.common.consistency import Consistency
 from services.common.crash import CrashSwitch
-from services.common.db import Database
 from services.common.runtime import (
     CRASH_KEY,
     create_service_admin_app,
     database_path,
     periodic_ctx,
 )
+from services.common.write_watch import open_database
 from services.payments.charging import Payments
 from services.payments.config import Config
 from services.payments.handlers import PAYMENTS_KEY, provider_settings, service
@@ -36,7 +36,7 @@ def create_app(
     app[CRASH_KEY] = CrashSwitch(config.crash_after)
 
     async def database(app: web.Application) -> AsyncIterator[None]:
-        db = await Database.open(database_path(config.process), MIGRATIONS)
+        db = await open_database(app, database_path(config.process), MIGRATIONS, config.db)
         try:
             app[PAYMENTS_KEY] = Payments(
                 PaymentsStore(db),

@@ -15,7 +15,8 @@ resolved by asking the provider again.
 
 ``TESTBED_CONSISTENCY`` (``saga``: Charge and Refund need an ``Idempotency-Key``),
 ``TESTBED_CRASH_AFTER=charge_pending`` (testing hook, ``services.common.crash``), plus the
-common ``TESTBED_*`` variables of ``mesh.process``.
+common ``TESTBED_*`` variables of ``mesh.process`` and the ``TESTBED_DB_*`` ones of
+``services.common.db``.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from dataclasses import dataclass, field
 
 from mesh.process import ProcessConfig, env_float
 from services.common.consistency import Consistency, consistency_from_env
+from services.common.db import DbSettings
 from services.payments.provider import ProviderSettings
 
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
     process: ProcessConfig
+    db: DbSettings = field(default_factory=DbSettings)
     consistency: Consistency = Consistency.SAGA
     provider: ProviderSettings = field(default_factory=ProviderSettings)
     recovery_interval: float = 2.0
@@ -44,6 +47,7 @@ class Config:
         provider = ProviderSettings.from_env(e)
         return cls(
             process=ProcessConfig.from_env("payments", e),
+            db=DbSettings.from_env(e),
             consistency=consistency_from_env(e),
             provider=provider,
             recovery_interval=env_float(e, "PAYMENTS_RECOVERY_INTERVAL", 2.0, minimum=0.05),

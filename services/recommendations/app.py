@@ -8,8 +8,8 @@ from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
-from management.discovery import discovery_for
 from mesh.discovery import Discovery
+from mesh.registry_discovery import discovery_for
 from observability.app import create_base_app
 from services.catalog import api as catalog_api
 from services.catalog.api import Product

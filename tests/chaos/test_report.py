@@ -508,3 +508,34 @@ method:
     parse(html)
     assert "echo answers" in html
     assert "echo-up" in html
+
+
+def test_detection_section_shows_the_first_alert_and_the_times(tmp_path: Path) -> None:
+    data = journal_data(tmp_path / "run")
+    html = write_report(write_journal(tmp_path / "run", data)).read_text(encoding="utf-8")
+    assert "When did an alert fire?" not in html  # no section in the journal: none shown
+    fired = {"service": "orders", "instance": "orders-1", "severity": "page"}
+    data["detection"] = {
+        "faults": [
+            {"fault": "2-kill", "detected": True, "alert": "InstanceDown", "labels": fired,
+             "fired_at": T0 + 12.0, "ttd_s": 1.4, "recovered_at": T0 + 20.0, "ttr_s": 9.4},
+            {"fault": "3-<slow>", "detected": False, "alert": None, "labels": None,
+             "fired_at": None, "ttd_s": None, "recovered_at": None, "ttr_s": None},
+        ],
+        "alerts": [{"name": "InstanceDown", "labels": fired, "fired_at": T0 + 12.0,
+                    "resolved_at": None}],
+        "headline": "1/2 (median 1.4 s)",
+    }  # fmt: skip
+    html = write_report(write_journal(tmp_path / "run", data)).read_text(encoding="utf-8")
+    parse(html)
+    assert "When did an alert fire?" in html
+    assert "1/2 (median 1.4 s)" in html
+    assert "instance=orders-1, service=orders, severity=page" in html
+    assert "1.4 s" in html
+    assert "9.4 s" in html
+    assert "3-&lt;slow&gt;" in html  # escaped
+    assert "not detected" in html
+    assert "firing" in html
+    data["detection"] = {"error": "cannot read alerts from Prometheus", "headline": "error"}
+    html = write_report(write_journal(tmp_path / "run", data)).read_text(encoding="utf-8")
+    assert "Alerts could not be read: cannot read alerts from Prometheus" in html

@@ -2,9 +2,9 @@
 
 ``DEMO_ROLE=backend`` answers ``GET /work`` with its instance id and version.
 ``DEMO_ROLE=front`` answers ``GET /work`` by calling a ``backend`` instance it finds through
-``management.discovery`` (the registry when ``TESTBED_REGISTRY_URL`` is set), round robin, so a
+``mesh.registry_discovery`` (the registry when ``TESTBED_REGISTRY_URL`` is set), round robin, so a
 test can send traffic through the system and watch scaling, deploys and registry outages.
-Both register themselves with ``management.registration`` like every testbed process.
+Both register themselves with ``mesh.registration`` like every testbed process.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from management.discovery import discovery_for
-from management.registration import install_registration
 from mesh.discovery import Discovery
 from mesh.process import ProcessConfig
+from mesh.registration import install_registration
+from mesh.registry_discovery import discovery_for
 from observability.app import CONFIG_KEY, create_base_app, run
 
 DISCOVERY = web.AppKey("demo_discovery", Discovery)

@@ -366,6 +366,10 @@ def test_prometheus_config_passes_promtool_and_scrapes_every_instance(
     }
     assert scraped == {f"{i.instance_id}:{i.port}": i.instance_id for i in plan.instances}
     assert config["global"]["scrape_interval"] == "1s"
+    # The alert rules are loaded (promtool checked them with the config), evaluated every second.
+    assert config["rule_files"] == ["alerts.yml"]
+    assert config["global"]["evaluation_interval"] == "1s"
+    assert "alert: InstanceDown" in (out / "alerts.yml").read_text()
 
 
 def test_jaeger_config_validates() -> None:
@@ -514,7 +518,7 @@ def test_cli_writes_the_files(tmp_path: Path) -> None:
     started = time.monotonic()
     result = CliRunner().invoke(cli, ["compose", "--out", str(tmp_path / "c")])
     assert result.exit_code == 0, result.output
-    assert "wrote 10 files" in result.output
+    assert "wrote 11 files" in result.output
     assert (tmp_path / "c" / "docker-compose.yaml").is_file()
     assert (tmp_path / "c" / "grafana" / "dashboards" / "testbed-overview.json").is_file()
     assert time.monotonic() - started < 60

@@ -9,12 +9,12 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from management.discovery import RegistryDiscovery
-from management.registration import Registration
 from management.registry import RegistryConfig, create_app
 from management.registry.store import Draining, RegistryStore, UnknownInstance
-from management.registry_client import Drained, NotRegistered, RegistryClient
 from mesh.process import ProcessConfig
+from mesh.registration import Registration
+from mesh.registry_client import Drained, NotRegistered, RegistryClient
+from mesh.registry_discovery import RegistryDiscovery
 from tests.support.processes import Spawner
 
 
@@ -152,3 +152,42 @@ async def test_discovery_keeps_last_list_while_registry_is_down(spawner: Spawner
             await discovery.close()
             await registration.stop()
         assert (await RegistryClient(http, proc.url).service("api")).instances == ()
+
+
+async def test_registration_steps_out_while_a_readiness_check_fails(
+    registry: TestClient[aiohttp.web.Request, aiohttp.web.Application],
+) -> None:
+    client = RegistryClient(registry.session, str(registry.make_url("")))
+    healthy = True
+    registration = Registration(
+        client,
+        service="payments",
+        instance_id="payments-1",
+        address="127.0.0.1:9200",
+        ttl=0.3,
+        retry_seconds=0.05,
+        healthy=lambda: healthy,
+    )
+
+    async def listed() -> list[str]:
+        return [i.id for i in (await client.service("payments")).instances]
+
+    async def until(expected: list[str]) -> None:
+        for _ in range(100):
+            if await listed() == expected:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"registry lists {await listed()}, not {expected}")
+
+    await registration.start()
+    try:
+        await until(["payments-1"])
+        healthy = False  # e.g. its database cannot be written
+        await until([])
+        assert not registration.registered
+        healthy = True
+        await until(["payments-1"])
+        assert registration.registered
+    finally:
+        await registration.stop()
+    assert await listed() == []

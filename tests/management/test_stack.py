@@ -22,8 +22,8 @@ import pytest
 from click.testing import CliRunner
 
 from management.cli import cli
-from management.registry_client import RegistryClient
 from management.stack import AlreadyUp, Stack, _marked_pids, _pid_alive, down, up
+from mesh.registry_client import RegistryClient
 from tests.support.processes import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -120,6 +120,14 @@ async def test_stack_lifecycle(tmp_path: Path, base_port: int) -> None:
         assert result.exit_code == 0, result.output
         assert "backend-2" in result.output
         assert "RUNNING" in result.output
+
+        # -- Prometheus loaded the alert rules generated from the topology
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+            http.get(stack.prometheus_url + "/api/v1/rules") as resp,
+        ):
+            groups = {g["name"] for g in (await resp.json())["data"]["groups"]}
+        assert {"testbed-backend", "testbed-front", "testbed-monitoring"} <= groups
 
         # -- traffic through the front reaches both backends through their proxies
         front = stack.plan.instance("front-1").url + "/work"

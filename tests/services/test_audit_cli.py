@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from services.audit_cli import audit
+from management.audit_cli import audit
 from tests.support.processes import free_port
 
 

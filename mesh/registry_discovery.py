@@ -16,9 +16,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import aiohttp
 
-from management.registry_client import RegistryClient, RegistryError
 from mesh.discovery import Discovery, Instance, StaticDiscovery
 from mesh.process import ProcessConfig
+from mesh.registry_client import RegistryClient, RegistryError
 from observability.logs import get_logger
 
 __all__ = ["RegistryDiscovery", "discovery_for"]

@@ -1,7 +1,7 @@
 """A small async client for the registry's HTTP API (``management/registry/routes.py``).
 
-Used by the self-registration of every process (``management.registration``), by the
-registry-backed discovery (``management.discovery``) and by the management plane (status,
+Used by the self-registration of every process (``mesh.registration``), by the
+registry-backed discovery (``mesh.registry_discovery``) and by the management plane (status,
 drain before a rolling restart). Every call has an explicit deadline.
 """
 

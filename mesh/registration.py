@@ -2,16 +2,18 @@
 
 How a process hooks it in (it does nothing unless ``TESTBED_REGISTRY_URL`` is set)::
 
-    from management.registration import install_registration
+    from mesh.registration import install_registration
     install_registration(app, config.process)      # before the app starts
 
 That adds a cleanup context that, once the process answers 200 on its own ``/readyz``,
 registers ``process.advertised_address`` (the instance's Toxiproxy proxy in the embedded stack,
 ``TESTBED_ADVERTISE``) with its service, instance id and version, renews it by heartbeat every
-third of the TTL, registers again if the registry forgot it (a registry restart), stops for good
-if the management plane drained it, and deregisters on graceful shutdown (``on_shutdown``, so
-callers stop picking it before in-flight requests drain). ``registration_ctx(process)`` is the
-bare cleanup context for apps that want to place it themselves.
+third of the TTL, registers again if the registry forgot it (a registry restart), steps out
+while one of the app's readiness checks fails (a database it cannot write) and back in once it
+passes, stops for good if the management plane drained it, and deregisters on graceful
+shutdown (``on_shutdown``, so callers stop picking it before in-flight requests drain).
+``registration_ctx(process)`` is the bare cleanup context for apps that want to place it
+themselves.
 """
 
 from __future__ import annotations
@@ -25,14 +27,14 @@ from collections.abc import AsyncIterator, Callable, Mapping
 import aiohttp
 from aiohttp import web
 
-from management.registry_client import (
+from mesh.process import ProcessConfig
+from mesh.registry_client import (
     Drained,
     NotRegistered,
     RegistryClient,
     RegistryError,
 )
-from mesh.process import ProcessConfig
-from observability.keys import DRAIN_HOOKS_KEY
+from observability.keys import DRAIN_HOOKS_KEY, READINESS_KEY
 from observability.logs import get_logger
 
 __all__ = ["Registration", "install_registration", "registration_ctx"]
@@ -56,6 +58,7 @@ class Registration:
         ready_url: str | None = None,
         http: aiohttp.ClientSession | None = None,
         retry_seconds: float = 0.5,
+        healthy: Callable[[], bool] | None = None,
     ) -> None:
         self._client = client
         self.service = service
@@ -67,6 +70,7 @@ class Registration:
         self._ready_url = ready_url
         self._http = http
         self._retry = retry_seconds
+        self._healthy = healthy
         self.session_id = secrets.token_hex(8)
         self.registered = False
         self.drained = False
@@ -116,6 +120,9 @@ class Registration:
                         log.info("registry_forgot_us", service=self.service)
                         ttl = await self._register()
                 await asyncio.sleep(max(ttl / 3, 0.05))
+                if self._healthy is not None and not self._healthy():
+                    await self._step_out()
+                    ttl = None
             except Drained:
                 self.registered = False
                 self.drained = True
@@ -124,6 +131,19 @@ class Registration:
             except RegistryError as exc:
                 log.warning("registry_unreachable", error=str(exc))
                 await asyncio.sleep(self._retry)
+
+    async def _step_out(self) -> None:
+        """Out of the registry while a readiness check fails (callers then stop picking this
+        instance), back in once it passes."""
+        healthy = self._healthy
+        if healthy is None:
+            return
+        await self._client.deregister(self.service, self.instance_id, self.session_id)
+        self.registered = False
+        log.warning("deregistered_not_ready", service=self.service)
+        while not healthy():  # noqa: ASYNC110 - a computed check, nothing to wait on
+            await asyncio.sleep(0.1)
+        log.info("ready_again", service=self.service)
 
     async def stop(self, *, deregister: bool = True) -> None:
         """Stop heartbeating and (by default) deregister; never raises on a registry outage."""
@@ -143,6 +163,15 @@ class Registration:
 
 REGISTRATION_KEY: web.AppKey[Registration] = web.AppKey("testbed_registration")
 _EXTRA_METADATA_KEY: web.AppKey[dict[str, str]] = web.AppKey("testbed_registration_metadata")
+
+
+def _checks_pass(app: web.Application) -> Callable[[], bool] | None:
+    """Whether the app's readiness checks pass (a database that cannot be written fails
+    them); starting and draining are the registration's own business, not asked here."""
+    readiness = app.get(READINESS_KEY)
+    if readiness is None:
+        return None
+    return lambda: readiness.problem() is None
 
 
 def _loopback(host: str) -> str:
@@ -178,6 +207,7 @@ def registration_ctx(
                 metadata=meta,
                 ready_url=ready_url,
                 http=http,
+                healthy=_checks_pass(app),
             )
             app[REGISTRATION_KEY] = registration
             await registration.start()
