@@ -31,7 +31,7 @@ from rich.table import Table
 
 from chaos.model import Experiment, Requires
 from chaos.runner import RunResult
-from mesh.errors import ConfigError
+from mesh.errors import ConfigError, TestbedError
 
 __all__ = [
     "Metrics",
@@ -43,6 +43,8 @@ __all__ = [
     "variant_experiment",
 ]
 
+STACK_READY_S = 240.0
+"""How long a fresh stack may take to be ready (a loaded 2-core machine needs well over 90 s)."""
 _MODES = {"resilience": ("none", "basic", "full"), "consistency": ("saga", "naive")}
 
 
@@ -267,14 +269,21 @@ async def run_compare(
         )
         console.rule(f"variant {variant.name}: {variant.describe()}")
         started = time.monotonic()
-        stack = await up(
-            topology=topo_file,
-            run_dir=folder / "stack",
-            base_port=base_port,
-            jaeger=False,
-            progress=lambda m: console.print(f"  {m}", style="dim"),
-        )
         result: RunResult | None = None
+        try:
+            stack = await up(
+                topology=topo_file,
+                run_dir=folder / "stack",
+                base_port=base_port,
+                jaeger=False,
+                progress=lambda m: console.print(f"  {m}", style="dim"),
+                within=STACK_READY_S,
+            )
+        except (ConfigError, TestbedError, OSError) as exc:
+            console.print(f"  variant {variant.name}: the stack did not start: {exc}", style="red")
+            rows.append(metrics_of(variant.name, {"verdict": "error"}, None))
+            journals.append((variant.name, None))
+            continue
         try:
             console.print(f"  stack up in {time.monotonic() - started:.1f} s")
             result = await run_on_stack(

@@ -18,7 +18,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from chaos.compare import parse_variant, run_compare
+from chaos.compare import STACK_READY_S, parse_variant, run_compare
 from chaos.execute import find_experiment, shipped_experiments
 from chaos.loader import ExperimentError
 from chaos.model import CLAIMS, PARTS
@@ -79,6 +79,7 @@ async def run_suite(
                 base_port=base_port,
                 jaeger=False,
                 progress=lambda m: console.print(f"  {m}", style="dim"),
+                within=STACK_READY_S,
             )
         except (ConfigError, TestbedError, OSError) as exc:
             entry["error"] = f"stack did not start: {exc}"
