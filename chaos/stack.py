@@ -66,11 +66,16 @@ class StackInfo:
     resilience: Mapping[str, str] = field(default_factory=dict)
     consistency: Mapping[str, str] = field(default_factory=dict)
     instance_counts: Mapping[str, int] = field(default_factory=dict)
+    hosted_by: Mapping[str, str] = field(default_factory=dict)
+    """Service -> the monolith component running it (``kind: monolith`` topologies)."""
 
     def services(self) -> list[str]:
         return sorted({i.service for i in self.instances})
 
     def instances_of(self, service: str) -> list[InstanceInfo]:
+        """The instances running ``service``: for a service hosted by a monolith, the
+        monolith's (killing orders there is killing the whole shop)."""
+        service = self.hosted_by.get(service, service)
         return sorted(
             (i for i in self.instances if i.service == service), key=lambda i: i.instance_id
         )
@@ -146,6 +151,10 @@ async def from_management(stack: Stack) -> StackInfo:
         if inst.kind == "gateway" and api_key is None:
             raw = inst.env.get("GATEWAY_API_KEYS", "demo-key:50:100")
             api_key = raw.split(",")[0].split(":")[0].strip() or None
+    # Every name an experiment may use: components, and the services a monolith hosts
+    # (which take the monolith's settings).
+    served = {s: c for c in topo.components for s in topo.services_of(c)}
+    served.update({c: c for c in topo.components})
     admin_token = next(
         (i.env["TESTBED_ADMIN_TOKEN"] for i in plan.instances if "TESTBED_ADMIN_TOKEN" in i.env),
         "testbed-admin",
@@ -159,7 +168,8 @@ async def from_management(stack: Stack) -> StackInfo:
         admin_token=admin_token,
         urls=urls,
         api_key=api_key or "demo-key",
-        resilience={c: topo.resilience_of(c) for c in topo.components},
-        consistency={c: topo.consistency_of(c) for c in topo.components},
-        instance_counts={c: topo.instance_count(c) for c in topo.components},
+        resilience={s: topo.resilience_of(c) for s, c in served.items()},
+        consistency={s: topo.consistency_of(c) for s, c in served.items()},
+        instance_counts={s: topo.instance_count(c) for s, c in served.items()},
+        hosted_by={s: c for s, c in served.items() if s != c},
     )

@@ -35,8 +35,10 @@ def _stack_addresses(run_dir: Path | None) -> dict[str, str]:
     stack = open_stack(run_dir)
     found: dict[str, str] = {}
     for inst in stack.plan.instances:
-        if inst.component in _AUDITED and inst.component not in found:
-            found[inst.component] = inst.address
+        # A monolith serves each service it hosts at its own address.
+        for service in stack.plan.topology.services_of(inst.component):
+            if service in _AUDITED and service not in found:
+                found[service] = inst.address
     return found
 
 

@@ -189,10 +189,12 @@ def build_plan(
     for name in names:
         comp = topology.components[name]
         upstreams = topology.upstreams_of(name)
+        # A monolith upstream stands for every service it hosts, all at its address.
         static = ";".join(
-            f"{up}=" + ",".join(advertised(up, p, x) for p, _, x, _ in slots[up])
+            f"{service}=" + ",".join(advertised(up, p, x) for p, _, x, _ in slots[up])
             for up in upstreams
             if slots[up]
+            for service in topology.services_of(up)
         )
         for k, (port, admin, proxy, region) in enumerate(slots[name], start=1):
             instance_id = f"{name}-{region}" if region else f"{name}-{k}"
@@ -226,6 +228,8 @@ def build_plan(
                 )
             if registry_url and comp.kind != "registry":
                 env["TESTBED_REGISTRY_URL"] = registry_url
+            if comp.kind == "monolith":
+                env["MONOLITH_SERVICES"] = ",".join(comp.hosts or ())
             if comp.kind == "registry":
                 env["REGISTRY_DEFAULT_TTL"] = f"{topology.defaults.registry_ttl_seconds:g}"
             if jaeger:

@@ -251,9 +251,13 @@ class Stack:
         _write_state(self.run_dir, self.state)
 
     def _instance_spec(self, inst: InstancePlan) -> ProgramSpec:
-        priority = {"registry": 10, "service": 100, "gateway": 200, "balancer": 300}.get(
-            inst.kind, 400
-        )
+        priority = {
+            "registry": 10,
+            "service": 100,
+            "monolith": 100,
+            "gateway": 200,
+            "balancer": 300,
+        }.get(inst.kind, 400)
         return ProgramSpec(
             name=inst.instance_id,
             command=inst.command,

@@ -41,9 +41,12 @@ __all__ = [
 MAX_INSTANCES = 10
 """Instances per component: each component owns a fixed block of ports sized for this many."""
 
-KINDS = ("registry", "service", "gateway", "balancer", "cdn", "process")
+KINDS = ("registry", "service", "gateway", "balancer", "cdn", "process", "monolith")
+HOSTABLE = ("catalog", "recommendations", "inventory", "payments", "orders")
+"""The services a ``monolith`` component may host (``services.monolith.config.SERVICES``)."""
 DEFAULT_MODULES: Mapping[str, str] = {
     "registry": "management.registry",
+    "monolith": "services.monolith",
     "gateway": "edge.gateway",
     "balancer": "edge.balancer",
     "cdn": "edge.cdn",
@@ -96,8 +99,9 @@ class Defaults(_Model):
 class Component(_Model):
     """One component of the system: a kind, a module to run, how many instances."""
 
-    kind: Literal["registry", "service", "gateway", "balancer", "cdn", "process"]
+    kind: Literal["registry", "service", "gateway", "balancer", "cdn", "process", "monolith"]
     module: str | None = None
+    hosts: tuple[str, ...] | None = None
     instances: int = Field(default=1, ge=0, le=MAX_INSTANCES)
     version: str | None = None
     resilience: Literal["none", "basic", "full"] | None = None
@@ -192,7 +196,19 @@ class Topology(_Model):
     def is_proxied(self, name: str) -> bool:
         """Whether each instance sits behind its own Toxiproxy proxy (services, gateways)."""
         c = self.components[name]
-        return c.proxied if c.proxied is not None else c.kind in ("service", "gateway")
+        return c.proxied if c.proxied is not None else c.kind in ("service", "gateway", "monolith")
+
+    def services_of(self, name: str) -> tuple[str, ...]:
+        """The services component ``name`` serves: a monolith's ``hosts``, else its own name."""
+        c = self.components[name]
+        return tuple(c.hosts or ()) if c.kind == "monolith" else (name,)
+
+    def host_of(self, service: str) -> str | None:
+        """The monolith component hosting ``service``, or None."""
+        for name, c in self.components.items():
+            if c.kind == "monolith" and service in (c.hosts or ()):
+                return name
+        return None
 
     def registers(self, name: str) -> bool:
         """Whether instances register themselves in the registry (all but the registry)."""
@@ -273,12 +289,19 @@ def _semantic_problems(topo: Topology) -> Iterator[tuple[Path_, str]]:
                 yield ("components", name), "a cdn needs exactly one link to its origin"
         elif comp.regions is not None:
             yield ("components", name, "regions"), "only a cdn has 'regions'"
+        if comp.kind == "monolith":
+            yield from _monolith_problems(topo, name, comp)
+        elif comp.hosts is not None:
+            yield ("components", name, "hosts"), "only a monolith has 'hosts'"
         if comp.kind in ("registry", "balancer") and comp.instances != 1:
             yield ("components", name, "instances"), f"a {comp.kind} runs exactly one instance"
     # Consistency is a property of the checkout saga, not of one service: with orders naive and
     # payments in saga mode, every charge is refused for lack of an idempotency key.
     for name, comp in names.items():
-        if comp.kind == "service" and comp.consistency not in (None, topo.defaults.consistency):
+        if comp.kind in ("service", "monolith") and comp.consistency not in (
+            None,
+            topo.defaults.consistency,
+        ):
             yield (
                 ("components", name, "consistency"),
                 f"every service runs one consistency mode ({topo.defaults.consistency!r} here): "
@@ -287,13 +310,21 @@ def _semantic_problems(topo: Topology) -> Iterator[tuple[Path_, str]]:
     seen: set[tuple[str, str]] = set()
     for i, link in enumerate(topo.links):
         for end, value in (("from", link.source), ("to", link.target)):
-            if value not in names:
+            if value not in names and topo.host_of(value) is None:
                 yield ("links", i, end), f"unknown component {value!r}"
         if link.source == link.target:
             yield ("links", i), "a link cannot point to its own component"
         if (link.source, link.target) in seen:
             yield ("links", i), f"link {link.source} -> {link.target} is listed twice"
         seen.add((link.source, link.target))
+        for end, value in (("from", link.source), ("to", link.target)):
+            host = topo.host_of(value) if value not in names else None
+            if host is not None:
+                yield (
+                    ("links", i, end),
+                    f"{value!r} runs inside the monolith {host!r}: link to {host!r} instead "
+                    "(calls between hosted services stay in-process)",
+                )
         source = names.get(link.source)
         target = names.get(link.target)
         if source is not None and target is not None and source.kind == "cdn":
@@ -301,6 +332,43 @@ def _semantic_problems(topo: Topology) -> Iterator[tuple[Path_, str]]:
                 yield ("links", i, "to"), "a cdn's origin cannot be another cdn"
             elif topo.instance_count(link.target) != 1:
                 yield ("links", i, "to"), "a cdn's origin must run exactly one instance"
+
+
+def _monolith_problems(topo: Topology, name: str, comp: Component) -> Iterator[tuple[Path_, str]]:
+    where: Path_ = ("components", name)
+    if not comp.hosts:
+        yield (
+            where,
+            (
+                "a monolith needs 'hosts': the services it runs in one process, "
+                f"e.g. hosts: [{', '.join(HOSTABLE)}]"
+            ),
+        )
+        return
+    for i, service in enumerate(comp.hosts):
+        if service not in HOSTABLE:
+            yield (
+                (*where, "hosts", i),
+                (
+                    f"unknown service {service!r}; a monolith hosts services among "
+                    f"{', '.join(HOSTABLE)}"
+                ),
+            )
+        elif service in topo.components:
+            yield (
+                (*where, "hosts", i),
+                (
+                    f"{service!r} is also a component of its own: remove one of the two "
+                    "(a service runs either in the monolith or as its own process)"
+                ),
+            )
+        elif any(
+            other != name and c.kind == "monolith" and service in (c.hosts or ())
+            for other, c in topo.components.items()
+        ):
+            yield (*where, "hosts", i), f"{service!r} is hosted by another monolith too"
+    if len(set(comp.hosts)) != len(comp.hosts):
+        yield (*where, "hosts"), "a service is listed twice; list each once"
 
 
 def parse_topology(text: str, source: str = "<topology>") -> Topology:

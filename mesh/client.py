@@ -43,6 +43,7 @@ from mesh.codes import (
 from mesh.deadlines import TIMEOUT_HEADER, current_deadline
 from mesh.discovery import Discovery, Instance
 from mesh.errors import BulkheadFullError, CircuitOpenError, NoInstanceError
+from mesh.local import TRANSPORT_ATTRIBUTE, LocalEndpoint
 from mesh.resilience import (
     NO_DEADLINE_CAP,
     Bulkhead,
@@ -159,8 +160,11 @@ class RpcClient:
         caller: str = "",
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        local: LocalEndpoint | None = None,
     ) -> None:
         self.session = session
+        # Set: the upstream lives in this process; attempts call it directly (mesh.local).
+        self.local = local
         self.discovery = discovery
         self.service = service
         self.profile = profile
@@ -420,6 +424,8 @@ class RpcClient:
             attributes["testbed.rpc.caller"] = self.caller
         if attempt:
             attributes["http.request.resend_count"] = attempt
+        if self.local is not None:
+            return await self._send_local(call, instance, deadline, attributes)
         with self._tracer.start_as_current_span(
             call.method_path,
             kind=SpanKind.CLIENT,
@@ -484,6 +490,65 @@ class RpcClient:
                 call.retry_safe and policy is not None and error.code.value in policy.retry_on
             )
             raise _AttemptFailed(error, retryable=retryable)
+
+    async def _send_local(
+        self,
+        call: _Call,
+        instance: Instance,
+        deadline: float | None,
+        attributes: dict[str, str | int],
+    ) -> tuple[bytes, Mapping[str, str]]:
+        """One attempt through the in-process transport: the callee's handler runs in this
+        task, under the attempt's deadline, with the idempotency key; its ``RpcError`` is
+        treated exactly like an error answer over HTTP."""
+        local = self.local
+        assert local is not None
+        attributes[TRANSPORT_ATTRIBUTE] = "inproc"
+        with self._tracer.start_as_current_span(
+            call.method_path,
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            span_trace_id = trace.format_trace_id(span.get_span_context().trace_id)
+            self.balancer.begin(instance)
+            try:
+                with self._tracer.start_as_current_span(
+                    call.method_path,
+                    kind=SpanKind.SERVER,
+                    attributes={
+                        "rpc.system": "connect_rpc",
+                        "rpc.service": call.rpc_service,
+                        "rpc.method": call.method,
+                        TRANSPORT_ATTRIBUTE: "inproc",
+                        "testbed.service": local.service,
+                    },
+                    record_exception=False,
+                    set_status_on_exception=False,
+                ) as server_span:
+                    try:
+                        return await local.rpc.invoke_local(
+                            call.method,
+                            call.payload,
+                            app=local.app,
+                            deadline=deadline,
+                            idempotency_key=call.idempotency_key,
+                        )
+                    except RpcError as error:
+                        if error.trace_id is None:
+                            error.trace_id = span_trace_id
+                        _fail_span(server_span, error, error.code.value)
+                        raise
+            except RpcError as error:
+                _fail_span(span, error, error.code.value)
+                policy = self.profile.retry
+                retryable = (
+                    call.retry_safe and policy is not None and error.code.value in policy.retry_on
+                )
+                raise _AttemptFailed(error, retryable=retryable) from None
+            finally:
+                self.balancer.end(instance)
 
     def _on_eject(self, instance: Instance, seconds: float) -> None:
         if self._metrics is not None:

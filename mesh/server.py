@@ -42,16 +42,15 @@ class CallContext:
     deadline: float | None
     idempotency_key: str | None
     headers: Mapping[str, str]
-    request: web.Request
+    app: web.Application
+    """The application whose state the handler uses (its store, its clients)."""
+    request: web.Request | None = None
+    """The HTTP request; ``None`` for an in-process call (``RpcService.invoke_local``)."""
     response_headers: dict[str, str] = field(default_factory=dict)
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (may be negative), or None without a deadline."""
         return None if self.deadline is None else self.deadline - time.monotonic()
-
-    @property
-    def app(self) -> web.Application:
-        return self.request.app
 
 
 Handler = Callable[[Any, CallContext], Awaitable[Any]]
@@ -125,13 +124,17 @@ class RpcService:
 
         return register
 
-    def add_routes(self, app: web.Application) -> None:
-        """Add ``POST /<service>/<method>`` (and GET for idempotent methods) to ``app``."""
+    def add_routes(self, app: web.Application, *, state: web.Application | None = None) -> None:
+        """Add ``POST /<service>/<method>`` (and GET for idempotent methods) to ``app``.
+
+        ``state``: the application whose state handlers see as ``ctx.app`` (default ``app``);
+        a monolith serves every hosted service's routes on one app, each with its own state.
+        """
         for m in self._methods.values():
             path = f"/{self.name}/{m.name}"
-            app.router.add_post(path, self._endpoint(m))
+            app.router.add_post(path, self._endpoint(m, state))
             if m.idempotent:
-                app.router.add_get(path, self._endpoint(m), allow_head=False)
+                app.router.add_get(path, self._endpoint(m, state), allow_head=False)
         app.router.add_route("*", f"/{self.name}/{{method}}", self._unknown)
 
     async def _unknown(self, request: web.Request) -> web.Response:
@@ -146,10 +149,12 @@ class RpcService:
             message = f"{self.name} has no method {method!r} (methods: {known})"
         return error_response(RpcError(Code.UNIMPLEMENTED, message), request.headers)
 
-    def _endpoint(self, m: _Method) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def _endpoint(
+        self, m: _Method, state: web.Application | None
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def endpoint(request: web.Request) -> web.Response:
             try:
-                return await self._handle(m, request)
+                return await self._handle(m, request, state or request.app)
             except RpcError as e:
                 return error_response(e, request.headers)
 
@@ -194,7 +199,9 @@ class RpcService:
                 Code.INVALID_ARGUMENT, describe_validation_error(f"{where}: invalid request", e)
             ) from None
 
-    async def _handle(self, m: _Method, request: web.Request) -> web.Response:
+    async def _handle(
+        self, m: _Method, request: web.Request, state: web.Application
+    ) -> web.Response:
         arrived = time.monotonic()
         deadline = _parse_timeout(request.headers.get(TIMEOUT_HEADER), arrived)
         where = f"{self.name}/{m.name}"
@@ -207,8 +214,63 @@ class RpcService:
             deadline=deadline,
             idempotency_key=request.headers.get(IDEMPOTENCY_HEADER) or None,
             headers=request.headers,
+            app=state,
             request=request,
         )
+        result = await self._run(m, message, ctx, arrived)
+        return web.Response(
+            body=result.model_dump_json(),
+            content_type="application/json",
+            headers=ctx.response_headers,
+        )
+
+    async def invoke_local(
+        self,
+        method: str,
+        payload: bytes,
+        *,
+        app: web.Application,
+        deadline: float | None,
+        idempotency_key: str | None,
+    ) -> tuple[bytes, Mapping[str, str]]:
+        """Call ``method`` in this process, as ``POST /<service>/<method>`` would: the same
+        validation, deadline, idempotency key, error codes; the answer's JSON and headers.
+
+        The request and the answer still cross as JSON, so caller and callee never share a
+        mutable object (the same isolation as between processes); an ``RpcError`` is raised
+        for a failed call, exactly as the HTTP endpoint would answer it.
+        """
+        arrived = time.monotonic()
+        where = f"{self.name}/{method}"
+        m = self._methods.get(method)
+        if m is None:
+            known = ", ".join(sorted(self._methods)) or "none"
+            raise RpcError(Code.UNIMPLEMENTED, f"{self.name} has no method {method!r} ({known})")
+        if deadline is not None and deadline <= arrived:
+            raise RpcError(Code.DEADLINE_EXCEEDED, f"{where}: the deadline expired before arrival")
+        try:
+            message = m.request_type.model_validate_json(payload or b"{}")
+        except ValidationError as e:
+            raise RpcError(
+                Code.INVALID_ARGUMENT, describe_validation_error(f"{where}: invalid request", e)
+            ) from None
+        ctx = CallContext(
+            service=self.name,
+            method=m.name,
+            deadline=deadline,
+            idempotency_key=idempotency_key,
+            headers={},
+            app=app,
+        )
+        result = await self._run(m, message, ctx, arrived)
+        return result.model_dump_json().encode(), ctx.response_headers
+
+    async def _run(
+        self, m: _Method, message: BaseModel, ctx: CallContext, arrived: float
+    ) -> BaseModel:
+        """Run the handler under the call's deadline; any failure becomes an ``RpcError``."""
+        deadline = ctx.deadline
+        where = f"{self.name}/{m.name}"
         try:
             with bound_to(deadline):
                 async with asyncio.timeout_at(_loop_time(deadline)) as scope:
@@ -228,11 +290,7 @@ class RpcService:
             raise RpcError(Code.INTERNAL, f"{where}: internal error ({type(e).__name__})") from None
         if not isinstance(result, m.response_type):
             result = m.response_type.model_validate(result)
-        return web.Response(
-            body=result.model_dump_json(),
-            content_type="application/json",
-            headers=ctx.response_headers,
-        )
+        return result
 
 
 def _loop_time(deadline: float | None) -> float | None:

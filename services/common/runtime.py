@@ -16,6 +16,7 @@ from aiohttp import web
 from opentelemetry import context as otel_context
 
 from mesh.discovery import Discovery
+from mesh.local import LocalEndpoint
 from mesh.process import ProcessConfig
 from mesh.resilience import profile_for
 from mesh.rpc import Code, RpcClient, RpcError
@@ -32,6 +33,9 @@ _log = get_logger("services.runtime")
 HTTP_SESSION_KEY = web.AppKey("services_http_session", aiohttp.ClientSession)
 DISCOVERY_KEY = web.AppKey("services_discovery", Discovery)
 CRASH_KEY = web.AppKey("services_crash_switch", CrashSwitch)
+# Set by the monolith (services.monolith): the services living in this process, which
+# ``rpc_client`` then calls in-process (mesh.local) instead of over HTTP.
+LOCAL_ENDPOINTS_KEY: web.AppKey[dict[str, LocalEndpoint]] = web.AppKey("services_local_endpoints")
 
 
 def database_path(process: ProcessConfig) -> Path:
@@ -69,7 +73,9 @@ def http_session_ctx(*, total_timeout: float = 30.0) -> CleanupCtx:
 
 
 def rpc_client(app: web.Application, service: str, process: ProcessConfig) -> RpcClient:
-    """A client for ``service`` on this app's session, discovery, metrics and tracer."""
+    """A client for ``service`` on this app's session, discovery, metrics and tracer; when
+    ``service`` lives in this process (the monolith), its calls go in-process."""
+    local = app.get(LOCAL_ENDPOINTS_KEY)
     return RpcClient(
         app[HTTP_SESSION_KEY],
         app[DISCOVERY_KEY],
@@ -78,6 +84,7 @@ def rpc_client(app: web.Application, service: str, process: ProcessConfig) -> Rp
         registry=app[REGISTRY_KEY],
         tracer_provider=app[TRACER_PROVIDER_KEY],
         caller=process.service,
+        local=local.get(service) if local is not None else None,
     )
 
 
