@@ -301,6 +301,7 @@ async def run_compare(
         rows.append(metrics_of(variant.name, journal, result))
         journals.append((variant.name, result.journal_path if result is not None else None))
     sentence = difference_sentence(rows)
+    console.width = max(console.width, 120)  # the table is the result: never squeezed
     console.print(_summary_table(rows))
     console.print(sentence)
     page = await asyncio.to_thread(
