@@ -51,8 +51,8 @@ RPC_SERVICES: dict[str, RpcService] = {
 HOSTED_APPS_KEY = web.AppKey("monolith_hosted_apps", dict[str, web.Application])
 HOSTED_LABEL = "hosted_service"
 # Per-service families that would say nothing here (the root app serves the requests and
-# holds the fault controller) or clash with the root's own.
-_SKIPPED_PREFIXES = ("http_server_", "testbed_faults_")
+# holds the fault controller) or clash with the root's own (process_ready: the root's /readyz).
+_SKIPPED_PREFIXES = ("http_server_", "testbed_faults_", "process_ready")
 
 
 class HostedMetrics:
