@@ -181,8 +181,8 @@ def difference_sentence(rows: Sequence[Metrics]) -> str:
     for other in rows[1:]:
         candidates: list[tuple[float, str]] = []
         for label, unit, a, b in (
-            ("p99 during the fault", "ms", base.p99_ms, other.p99_ms),
-            ("p50 during the fault", "ms", base.p50_ms, other.p50_ms),
+            ("p99 during the method", "ms", base.p99_ms, other.p99_ms),
+            ("p50 during the method", "ms", base.p50_ms, other.p50_ms),
             ("throughput", "req/s", base.rps, other.rps),
         ):
             if a is None or b is None or max(a, b) <= 0:

@@ -140,7 +140,7 @@ def _m(name: str, p99: float, err: float = 0.0, audit: str = "pass") -> Metrics:
 
 def test_the_sentence_names_the_biggest_difference() -> None:
     text = difference_sentence([_m("none", 2400), _m("full", 400)])
-    assert text == "P99 during the fault is 2,400 ms with none against 400 ms with full (6.0x)."
+    assert text == "P99 during the method is 2,400 ms with none against 400 ms with full (6.0x)."
     assert "audit reads pass with saga, 3 violations with naive" in difference_sentence(
         [_m("saga", 300), _m("naive", 310, audit="3 violations")]
     )
