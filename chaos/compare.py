@@ -31,6 +31,7 @@ from rich.table import Table
 
 from chaos.model import Experiment, Requires
 from chaos.runner import RunResult
+from management.topology import Topology
 from mesh.errors import ConfigError, TestbedError
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "parse_variant",
     "run_compare",
     "variant_experiment",
+    "variant_topology",
 ]
 
 STACK_READY_S = 240.0
@@ -124,6 +126,19 @@ def variant_experiment(exp: Experiment, variant: Variant) -> Experiment:
         }
     )
     return exp.model_copy(update={"requires": requires})
+
+
+def variant_topology(base: Topology, exp: Experiment, variant: Variant) -> Topology:
+    """The stack a variant runs: ``base`` fitted to ``exp``, with the variant's exact counts.
+
+    (``requires`` only raises instance counts; a variant may also lower them.)
+    """
+    from chaos.demo import topology_for
+
+    topo = topology_for(base, exp)
+    for comp, count in variant.instances.items():
+        topo = topo.with_instances(comp, count)
+    return topo
 
 
 @dataclass(frozen=True)
@@ -250,7 +265,7 @@ async def run_compare(
     import json
 
     from chaos.cli import print_result
-    from chaos.demo import fit_load, topology_for
+    from chaos.demo import fit_load
     from chaos.execute import run_on_stack
     from chaos.pages import write_compare_report
     from management.stack import down, up
@@ -260,7 +275,7 @@ async def run_compare(
     journals: list[tuple[str, Path | None]] = []
     for index, variant in enumerate(variants, start=1):
         vexp = fit_load(variant_experiment(exp, variant))
-        topo = topology_for(load_topology(variant.topology), vexp)
+        topo = variant_topology(load_topology(variant.topology), vexp, variant)
         folder = run_dir / f"{index}-{variant.name}"
         await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
         topo_file = folder / "topology.yaml"

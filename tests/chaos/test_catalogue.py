@@ -15,6 +15,7 @@ from chaos.compare import (
     metrics_of,
     parse_variant,
     variant_experiment,
+    variant_topology,
 )
 from chaos.demo import topology_for
 from chaos.execute import shipped_experiments
@@ -130,6 +131,8 @@ def test_variants_parse_and_change_the_requirements(tmp_path: Path) -> None:
     topo = topology_for(load_topology(None), changed)
     assert topo.components["gateway"].resilience == "none"
     assert topo.instance_count("orders") == 3
+    one = variant_topology(load_topology(None), exp, parse_variant("one:instances.catalog=1"))
+    assert one.instance_count("catalog") == 1
     _, kill = shipped_experiments()["orders-kill"]
     assert variant_experiment(kill, naive).requires.consistency == {"orders": "naive"}
 
