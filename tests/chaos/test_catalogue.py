@@ -17,7 +17,7 @@ from chaos.compare import (
     variant_experiment,
     variant_topology,
 )
-from chaos.demo import topology_for
+from chaos.demo import fit_load, method_seconds, topology_for
 from chaos.execute import shipped_experiments
 from chaos.journal import Verdict
 from chaos.loader import ExperimentError, parse_experiment
@@ -184,3 +184,11 @@ def test_metrics_and_pages_from_a_journal(tmp_path: Path) -> None:
     assert "cdn-origin-down" in text
     assert "stack did not start" in text
     assert "0/1" in text
+
+
+def test_a_cut_load_still_covers_floods_and_management_steps() -> None:
+    shipped = shipped_experiments()
+    flood = fit_load(shipped["rate-limit-one-key"][1])
+    assert flood.load is not None
+    assert flood.load.duration >= flood.load.warmup + 2 + 20  # the pause and the 20 s flood
+    assert method_seconds(shipped["registry-kill-scaling"][1].method) >= 2 + 0.5 + 2 * 10 + 3
