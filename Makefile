@@ -11,7 +11,7 @@ setup:
 demo: setup
 	@$(VENV)/testbed demo
 
-## suite: the whole experiment catalogue, each on a fresh stack (about 40 min on 2 cores)
+## suite: the whole experiment catalogue, each on a fresh stack (about 16 min on 2 cores)
 suite: setup
 	@$(VENV)/testbed chaos suite
 
