@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 setup:
 	@bash scripts/setup.sh
 
-## demo: bring the stack up, run the shipped experiments, print the verdicts, stop everything
+## demo: bring the stack up, run three shipped experiments, print the verdicts, stop everything
 demo: setup
 	@$(VENV)/testbed demo
 
