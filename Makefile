@@ -2,14 +2,18 @@
 VENV := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint typecheck unit clean
+.PHONY: setup demo suite test lint typecheck unit clean
 
 setup:
 	@bash scripts/setup.sh
 
-## demo: bring the stack up, run the shipped experiments, print the verdicts, stop everything
+## demo: bring the stack up, run three shipped experiments, print the verdicts, stop everything
 demo: setup
 	@$(VENV)/testbed demo
+
+## suite: the whole experiment catalogue, each on a fresh stack (about 16 min on 2 cores)
+suite: setup
+	@$(VENV)/testbed chaos suite
 
 ## test: lint, type-check and run the whole test suite (real processes, real Toxiproxy/Prometheus)
 test: setup

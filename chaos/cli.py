@@ -64,12 +64,12 @@ def validate_cmd(files: tuple[str, ...]) -> None:
 @chaos.command("list")
 def list_cmd() -> None:
     """The experiments shipped with the project."""
-    table = Table("name", "title", "expect", "faults")
+    table = Table("name", "claim", "title", "expect", "faults")
     from chaos.loader import iter_faults
 
     for name, (_, exp) in shipped_experiments().items():
         faults = ", ".join(sorted({s.fault.type for _, s in iter_faults(exp.method)}))
-        table.add_row(name, exp.title, exp.expect, faults)
+        table.add_row(name, exp.claim or "-", exp.title, exp.expect, faults)
     _console().print(table)
 
 

@@ -25,7 +25,17 @@ from rich.table import Table
 from chaos.cli import print_result
 from chaos.execute import run_on_stack, shipped_experiments
 from chaos.journal import Verdict
-from chaos.model import Experiment, FaultStep, ParallelStep, PauseStep, SequenceStep, Step
+from chaos.model import (
+    DeployStep,
+    Experiment,
+    FaultStep,
+    FloodStep,
+    ParallelStep,
+    PauseStep,
+    ScaleStep,
+    SequenceStep,
+    Step,
+)
 from chaos.report import write_demo_index
 from chaos.runner import RunResult
 from management.stack import down, up
@@ -36,6 +46,8 @@ __all__ = ["DEMO_EXPERIMENTS", "demo", "fit_load", "method_seconds", "run_demo"]
 
 DEMO_EXPERIMENTS = ("payments-latency", "orders-kill", "orders-kill-naive")
 LOAD_MARGIN_S = 15.0
+MANAGEMENT_STEP_S = 10.0
+"""What a scale or deploy step is reckoned to take when the load is cut to fit the method."""
 
 
 def method_seconds(steps: list[Step]) -> float:
@@ -50,6 +62,10 @@ def method_seconds(steps: list[Step]) -> float:
             total += max(method_seconds([s]) for s in step.parallel)
         elif isinstance(step, SequenceStep):
             total += method_seconds(step.sequence)
+        elif isinstance(step, FloodStep):
+            total += step.flood.duration
+        elif isinstance(step, ScaleStep | DeployStep):
+            total += MANAGEMENT_STEP_S
     return total
 
 

@@ -80,6 +80,7 @@ async def run_on_stack(
             out_dir=out,
             source=source,
             on_update=view.update if view is not None else None,
+            manage=stack,
         )
         with view if view is not None else contextlib.nullcontext():
             return await runner.run()

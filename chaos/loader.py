@@ -25,6 +25,7 @@ from chaos.model import (
     SequenceStep,
     Step,
 )
+from chaos.probes import probe_label
 from management.yamlfile import Marked, PathT, YamlFileError, load_marked
 from mesh.errors import ConfigError
 
@@ -47,6 +48,9 @@ def _tags() -> dict[str, type[BaseModel]]:
         "fault": m.FaultStep,
         "parallel": m.ParallelStep,
         "sequence": m.SequenceStep,
+        "scale": m.ScaleStep,
+        "deploy": m.DeployStep,
+        "flood": m.FloodStep,
     }
     for cls in (
         m.NetworkFault,
@@ -156,6 +160,15 @@ def _semantic_problems(exp: Experiment) -> Iterator[tuple[PathT, str]]:
             if probe.name in names and path[0] != "safeguards":
                 yield (*path, "name"), f"probe name {probe.name!r} is used twice"
             names[probe.name] = path
+    checked = {
+        probe_label(p, i, section)
+        for section, group in (("steady_state", exp.steady_state), ("verify", exp.verify))
+        for i, p in enumerate(group)
+    }
+    for i, name in enumerate(exp.deviation):
+        if name not in checked:
+            known = ", ".join(sorted(checked)) or "none: add steady_state or verify probes"
+            yield ("deviation", i), f"{name!r} is not a probe of this experiment; probes: {known}"
     for i, guard in enumerate(exp.safeguards):
         probe = guard.probe
         if isinstance(probe, LocustProbe) and probe.over != "window":

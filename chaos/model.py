@@ -43,12 +43,16 @@ from pydantic import (
 from load.runner import MAX_WORKERS
 
 __all__ = [
+    "CLAIMS",
     "FAULT_TYPES",
+    "PARTS",
     "AuditProbe",
     "BlastRadius",
+    "DeployStep",
     "Experiment",
     "FaultSpec",
     "FaultStep",
+    "FloodStep",
     "HttpProbe",
     "LoadSpec",
     "LocustProbe",
@@ -59,6 +63,7 @@ __all__ = [
     "ProcessFault",
     "PrometheusProbe",
     "Safeguard",
+    "ScaleStep",
     "SequenceStep",
     "ServiceFault",
     "Step",
@@ -395,6 +400,44 @@ class FaultStep(_Model):
     fault: FaultSpec
 
 
+class ScaleSpec(_Model):
+    service: str = Field(min_length=1)
+    instances: int = Field(ge=0, le=10)
+
+
+class ScaleStep(_Model):
+    """Scale a component live (``testbed scale``): new instances start, register, take load."""
+
+    scale: ScaleSpec
+
+
+class DeploySpec(_Model):
+    service: str = Field(min_length=1)
+    version: str = Field(min_length=1, max_length=40)
+
+
+class DeployStep(_Model):
+    """A rolling deploy of one component (``testbed deploy``), one instance at a time."""
+
+    deploy: DeploySpec
+
+
+class FloodSpec(_Model):
+    """Requests as fast as ``rate`` allows, from one client with one API key."""
+
+    url: str = Field(default="{balancer}/api/products/p-001", min_length=1)
+    api_key: str = Field(min_length=1)
+    rate: float = Field(gt=0, le=2000)
+    duration: Duration = Field(gt=0, le=600)
+    concurrency: int = Field(default=8, ge=1, le=64)
+
+
+class FloodStep(_Model):
+    """One noisy client floods the front door with its own key (rate limits, isolation)."""
+
+    flood: FloodSpec
+
+
 class ParallelStep(_Model):
     parallel: list[Step] = Field(min_length=1)
 
@@ -403,7 +446,7 @@ class SequenceStep(_Model):
     sequence: list[Step] = Field(min_length=1)
 
 
-_STEP_KEYS = ("pause", "fault", "parallel", "sequence")
+_STEP_KEYS = ("pause", "fault", "parallel", "sequence", "scale", "deploy", "flood")
 
 
 def _step_kind(value: Any) -> str | None:
@@ -421,12 +464,16 @@ Step = Annotated[
     Annotated[PauseStep, Tag("pause")]
     | Annotated[FaultStep, Tag("fault")]
     | Annotated[ParallelStep, Tag("parallel")]
-    | Annotated[SequenceStep, Tag("sequence")],
+    | Annotated[SequenceStep, Tag("sequence")]
+    | Annotated[ScaleStep, Tag("scale")]
+    | Annotated[DeployStep, Tag("deploy")]
+    | Annotated[FloodStep, Tag("flood")],
     Discriminator(
         _step_kind,
         custom_error_type="step",
         custom_error_message=(
-            "a step is a mapping with exactly one of 'pause', 'fault', 'parallel', 'sequence'"
+            "a step is a mapping with exactly one of 'pause', 'fault', 'parallel', 'sequence', "
+            "'scale', 'deploy', 'flood'"
         ),
     ),
 ]
@@ -462,6 +509,36 @@ class LoadSpec(_Model):
         return self
 
 
+CLAIMS: tuple[str, ...] = (
+    "scalability",
+    "flexibility",
+    "faster-deploys",
+    "resilience",
+    "data-consistency",
+    "complexity",
+    "network-latency",
+    "error-handling",
+)
+"""The eight claims about microservices the testbed measures (three benefits, resilience and
+consistency, three drawbacks)."""
+PARTS: tuple[str, ...] = ("load-balancer", "cdn", "api-gateway", "management")
+"""The four parts around the services, each with experiments of its own."""
+Claim = Literal[
+    "scalability",
+    "flexibility",
+    "faster-deploys",
+    "resilience",
+    "data-consistency",
+    "complexity",
+    "network-latency",
+    "error-handling",
+    "load-balancer",
+    "cdn",
+    "api-gateway",
+    "management",
+]
+
+
 class Requires(_Model):
     """What the stack must run with (checked before anything is touched; the demo sets it)."""
 
@@ -476,6 +553,12 @@ class Experiment(_Model):
     description: str = ""
     expect: Literal["hold", "deviate"] = "hold"
     """``deviate``: the hypothesis is meant to be refuted — a drawback the experiment shows."""
+    deviation: tuple[str, ...] = ()
+    """``expect: deviate`` only: the names of the probes that must fail (and no other), so the
+    experiment is "as expected" only when it fails for the stated reason."""
+    claim: Claim | None = None
+    """The claim (or part) about microservices this experiment demonstrates; every shipped
+    experiment has one."""
     seed: int = 0
     requires: Requires = Field(default_factory=Requires)
     load: LoadSpec | None = None
@@ -485,3 +568,14 @@ class Experiment(_Model):
     verify: list[ProbeSpec] = Field(default_factory=list)
     settle: Duration = Field(default=2.0, le=600)
     """After the method's faults are rolled back, wait this long before the final checks."""
+
+    @model_validator(mode="after")
+    def _deviation_named(self) -> Experiment:
+        if self.expect == "deviate" and not self.deviation:
+            raise ValueError(
+                "an experiment that expects to deviate must name the deviation: add e.g. "
+                "'deviation: [audit]' (the probes that must fail, and no other)"
+            )
+        if self.expect == "hold" and self.deviation:
+            raise ValueError("'deviation' is for 'expect: deviate' only; remove it")
+        return self

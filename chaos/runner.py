@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
@@ -39,19 +39,30 @@ from chaos.journal import FaultStatus, Journal, Verdict
 from chaos.loader import iter_faults
 from chaos.localize import localize_run, wait_for_span_files
 from chaos.model import (
+    DeployStep,
     Experiment,
     FaultSpec,
     FaultStep,
+    FloodStep,
     LoadSpec,
     LocustProbe,
     NetworkFault,
     ParallelStep,
     PauseStep,
     ProbeSpec,
+    ScaleStep,
     SequenceStep,
     Step,
 )
-from chaos.probes import AuditFn, AuditOutcome, ProbeContext, ProbeResult, evaluate, probe_label
+from chaos.probes import (
+    AuditFn,
+    AuditOutcome,
+    ProbeContext,
+    ProbeResult,
+    evaluate,
+    expand,
+    probe_label,
+)
 from chaos.report import try_write_report
 from chaos.stack import StackInfo
 from chaos.targets import Unit, resolve
@@ -59,10 +70,12 @@ from load.runner import LoadPlan, LocustRun
 from mesh.errors import ConfigError, TestbedError
 
 __all__ = [
+    "Management",
     "RunResult",
     "Runner",
     "check_requires",
     "default_audit",
+    "expected_outcome",
     "fault_label",
     "load_plan",
     "slug",
@@ -75,6 +88,39 @@ SPAN_FLUSH_S = 2.5
 """Processes export spans every second: wait this long after the last fault before reading."""
 ALERT_SETTLE_S = 15.0
 """After the run, wait up to this long for the alerts a fault raised to resolve (recovery)."""
+
+
+class Management(Protocol):
+    """What the ``scale`` and ``deploy`` steps need of the management plane."""
+
+    async def scale(self, component: str, count: int) -> tuple[list[str], list[str]]: ...
+
+    async def deploy(self, component: str, version: str) -> float: ...
+
+
+def expected_outcome(
+    expect: str, deviation: tuple[str, ...], verdict: Verdict, failed: list[str]
+) -> tuple[str, bool]:
+    """The outcome's words and whether the run ended as its file expects.
+
+    ``expect: deviate`` is as expected only when exactly the probes it names failed: a
+    deviation for another reason (or an extra one) is not the drawback it meant to show.
+    """
+    if verdict is Verdict.PASSED:
+        return ("hypothesis held", True) if expect == "hold" else ("drawback NOT shown", False)
+    if verdict is not Verdict.FAILED:
+        return verdict.value, False
+    if expect == "hold":
+        return "deviated", False
+    named, seen = set(deviation), set(failed)
+    if seen == named:
+        return "drawback shown (as expected)", True
+    parts = []
+    if named - seen:
+        parts.append("expected but held: " + ", ".join(sorted(named - seen)))
+    if seen - named:
+        parts.append("deviated unexpectedly: " + ", ".join(sorted(seen - named)))
+    return "deviated, not as named (" + "; ".join(parts) + ")", False
 
 
 class Aborted(Exception):
@@ -218,6 +264,7 @@ class Runner:
         audit: Callable[[aiohttp.ClientSession], AuditFn | None] | None = None,
         on_update: Callable[[LiveState], None] | None = None,
         handle_signals: bool = True,
+        manage: Management | None = None,
     ) -> None:
         self.exp = experiment
         self.stack = stack
@@ -227,6 +274,8 @@ class Runner:
         self._audit_factory = audit or (lambda s: default_audit(stack, s))
         self.on_update = on_update
         self.handle_signals = handle_signals
+        self.manage = manage
+        self._failed: list[str] = []
         self.journal = Journal.create(
             out_dir / "journal.json",
             experiment=experiment.model_dump(mode="json", by_alias=True),
@@ -416,6 +465,7 @@ class Runner:
             "failures": failures,
             "error_ratio": round(failures / requests, 5) if requests else None,
             "p99_ms": stats.percentile("99%", since=start, until=end),
+            "p50_ms": stats.percentile("50%", since=start, until=end),
         }
 
     # -- phases --------------------------------------------------------------------------------
@@ -471,6 +521,7 @@ class Runner:
         with self._phase("verify"):
             verify = await self._probes(exp.verify, "verify", "after")
         bad = [r for r in (*after, *verify) if not r.ok]
+        self._failed = sorted({r.name for r in bad})
         if bad:
             names = "; ".join(
                 f"{r.name}={_fmt(r.value)} (wanted {r.tolerance})"
@@ -618,6 +669,66 @@ class Runner:
                 raise group.exceptions[0] from None
         elif isinstance(step, SequenceStep):
             await self._steps(step.sequence)
+        elif isinstance(step, ScaleStep | DeployStep):
+            await self._manage_step(step)
+        elif isinstance(step, FloodStep):
+            await self._flood(step)
+
+    async def _manage_step(self, step: ScaleStep | DeployStep) -> None:
+        """``scale`` / ``deploy`` through the management plane; the journal times each."""
+        if self.manage is None:
+            raise ConfigError("scale and deploy steps need the management plane (testbed up)")
+        started = time.monotonic()
+        if isinstance(step, ScaleStep):
+            what = f"scale {step.scale.service}={step.scale.instances}"
+            self._event(f"{what}: starting")
+            added, removed = await self.manage.scale(step.scale.service, step.scale.instances)
+            fields: dict[str, Any] = {"added": added, "removed": removed}
+        else:
+            what = f"deploy {step.deploy.service} {step.deploy.version}"
+            self._event(f"{what}: starting")
+            await self.manage.deploy(step.deploy.service, step.deploy.version)
+            fields = {}
+        seconds = round(time.monotonic() - started, 2)
+        self.journal.event(
+            "management", text=f"{what}: done in {seconds} s", seconds=seconds, step=what, **fields
+        )
+        self._event(f"{what}: done in {seconds} s")
+
+    async def _flood(self, step: FloodStep) -> None:
+        """One client sends ``rate`` requests a second with its own key; counts the answers."""
+        assert self._session is not None
+        spec = step.flood
+        url = expand(spec.url, self.stack.template_values())
+        codes: dict[str, int] = {}
+        interval = spec.concurrency / spec.rate
+        end = time.monotonic() + spec.duration
+        timeout = aiohttp.ClientTimeout(total=5.0)
+        headers = {"X-API-Key": spec.api_key}
+        session = self._session
+
+        async def worker() -> None:
+            while (now := time.monotonic()) < end:
+                try:
+                    async with session.get(url, headers=headers, timeout=timeout) as resp:
+                        await resp.read()
+                        key = str(resp.status)
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    key = type(exc).__name__
+                codes[key] = codes.get(key, 0) + 1
+                await asyncio.sleep(max(0.0, interval - (time.monotonic() - now)))
+
+        self._event(f"flood {url} with key {spec.api_key} at {spec.rate:g}/s")
+        await asyncio.gather(*(worker() for _ in range(spec.concurrency)))
+        total = sum(codes.values())
+        self.journal.event(
+            "flood",
+            text=f"flood done: {total} requests {codes}",
+            codes=codes,
+            requests=total,
+            api_key=spec.api_key,
+        )
+        self._event(f"flood done: {total} requests, answers {codes}")
 
     async def _fault(self, step: FaultStep) -> None:
         assert self._fctx is not None
@@ -695,15 +806,13 @@ class Runner:
 
     def _finish(self, verdict: Verdict, reason: str | None) -> RunResult:
         exp = self.exp
-        if verdict is Verdict.PASSED:
-            outcome = "hypothesis held" if exp.expect == "hold" else "drawback NOT shown"
-        elif verdict is Verdict.FAILED:
-            outcome = "deviated" if exp.expect == "hold" else "drawback shown (as expected)"
+        if verdict in (Verdict.PASSED, Verdict.FAILED):
+            outcome, as_expected = expected_outcome(
+                exp.expect, exp.deviation, verdict, self._failed
+            )
         else:
-            outcome = f"{verdict.value}: {reason}"
-        as_expected = (exp.expect == "hold" and verdict is Verdict.PASSED) or (
-            exp.expect == "deviate" and verdict is Verdict.FAILED
-        )
+            outcome, as_expected = f"{verdict.value}: {reason}", False
+        self.journal.data["deviated_probes"] = self._failed
         self.journal.data["as_expected"] = as_expected
         self.journal.finish(verdict, reason, outcome)
         self.live.phase = f"done: {verdict.value}"

@@ -348,11 +348,14 @@ def _add_component_commands() -> None:
     """Commands implemented next to what they drive (kept out of this file's imports at top)."""
     from chaos.cli import chaos, load
     from chaos.demo import demo
+    from chaos.suite import compare, suite
     from chaos.traces_cli import traces
     from management.audit_cli import audit
 
     for command in (audit, chaos, load, demo, traces):
         cli.add_command(command)
+    chaos.add_command(compare)
+    chaos.add_command(suite)
 
 
 _add_component_commands()

@@ -646,6 +646,10 @@ class Stack:
         async with aiohttp.ClientSession() as http:
             for inst in new_plan.of(component):
                 old = self.plan.instance(inst.instance_id)
+                if old.version == version:
+                    # Nothing would restart it: draining it would leave it out of the registry.
+                    self.progress(f"{inst.instance_id}: already {version}")
+                    continue
                 self.progress(f"{inst.instance_id}: {old.version} -> {version}")
                 await self._drain(http, old)
                 self._write_program(self._instance_spec(inst))

@@ -178,6 +178,9 @@ async def test_stack_lifecycle(tmp_path: Path, base_port: int) -> None:
         await _until(lambda: sum(load.seen.values()) > before + 20)
         assert load.failed == 0, load.errors[:5]
         assert {"backend-1@v2", "backend-2@v2"} <= set(load.seen)
+        # the same version again changes nothing: no instance is drained and left out
+        await stack.deploy("backend", "v2")
+        assert await _registered(stack, "backend") == {"backend-1": "v2", "backend-2": "v2"}
 
         # -- the registry goes away: traffic keeps flowing to the instances callers knew
         await stack.supervisor.stop("registry-1")
