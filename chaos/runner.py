@@ -43,6 +43,7 @@ from chaos.model import (
     Experiment,
     FaultSpec,
     FaultStep,
+    FloodSpec,
     FloodStep,
     LoadSpec,
     LocustProbe,
@@ -77,6 +78,7 @@ __all__ = [
     "default_audit",
     "expected_outcome",
     "fault_label",
+    "flood",
     "load_plan",
     "slug",
 ]
@@ -248,6 +250,30 @@ def load_plan(spec: LoadSpec, stack: StackInfo, out_dir: Path) -> LoadPlan:
 def fault_label(spec: FaultSpec, index: int) -> str:
     """A fault's name: its own, else ``<kind>-<n>`` (the seed's pick depends on it)."""
     return spec.name or f"{spec.type.split('.')[1]}-{index}"
+
+
+async def flood(session: aiohttp.ClientSession, url: str, spec: FloodSpec) -> dict[str, int]:
+    """``spec.concurrency`` clients send ``spec.rate`` requests a second in all to ``url`` with
+    ``spec.api_key`` for ``spec.duration`` seconds; the answers counted by status (or error)."""
+    codes: dict[str, int] = {}
+    interval = spec.concurrency / spec.rate
+    end = time.monotonic() + spec.duration
+    timeout = aiohttp.ClientTimeout(total=5.0)
+    headers = {"X-API-Key": spec.api_key}
+
+    async def worker() -> None:
+        while (now := time.monotonic()) < end:
+            try:
+                async with session.get(url, headers=headers, timeout=timeout) as resp:
+                    await resp.read()
+                    key = str(resp.status)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                key = type(exc).__name__
+            codes[key] = codes.get(key, 0) + 1
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - now)))
+
+    await asyncio.gather(*(worker() for _ in range(spec.concurrency)))
+    return codes
 
 
 class Runner:
@@ -700,26 +726,8 @@ class Runner:
         assert self._session is not None
         spec = step.flood
         url = expand(spec.url, self.stack.template_values())
-        codes: dict[str, int] = {}
-        interval = spec.concurrency / spec.rate
-        end = time.monotonic() + spec.duration
-        timeout = aiohttp.ClientTimeout(total=5.0)
-        headers = {"X-API-Key": spec.api_key}
-        session = self._session
-
-        async def worker() -> None:
-            while (now := time.monotonic()) < end:
-                try:
-                    async with session.get(url, headers=headers, timeout=timeout) as resp:
-                        await resp.read()
-                        key = str(resp.status)
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    key = type(exc).__name__
-                codes[key] = codes.get(key, 0) + 1
-                await asyncio.sleep(max(0.0, interval - (time.monotonic() - now)))
-
         self._event(f"flood {url} with key {spec.api_key} at {spec.rate:g}/s")
-        await asyncio.gather(*(worker() for _ in range(spec.concurrency)))
+        codes = await flood(self._session, url, spec)
         total = sum(codes.values())
         self.journal.event(
             "flood",

@@ -23,9 +23,20 @@ from chaos.ctk import load as ctk_load
 from chaos.ctk.session import Session, fault_context, run_async, stack_info
 from chaos.faults import build_fault, fault_from_record
 from chaos.journal import FaultStatus
-from chaos.model import FaultStep, LoadSpec, ParallelStep, PauseStep, SequenceStep, Step
+from chaos.model import (
+    DeployStep,
+    FaultStep,
+    FloodStep,
+    LoadSpec,
+    ParallelStep,
+    PauseStep,
+    ScaleStep,
+    SequenceStep,
+    Step,
+)
+from chaos.probes import expand
 from chaos.rollback import rollback_leftovers
-from chaos.runner import fault_label, load_plan, slug
+from chaos.runner import fault_label, flood, load_plan, slug
 from chaos.targets import resolve
 from management.stack import Stack
 from mesh.errors import ConfigError, TestbedError
@@ -147,6 +158,15 @@ async def _steps(
             counter[0] = offset
         elif isinstance(item, SequenceStep):
             await _steps(stack, session, item.sequence, seed, counter)
+        elif isinstance(item, ScaleStep):
+            await stack.scale(item.scale.service, item.scale.instances)
+        elif isinstance(item, DeployStep):
+            await stack.deploy(item.deploy.service, item.deploy.version)
+        elif isinstance(item, FloodStep):
+            info = await stack_info(stack)
+            url = expand(item.flood.url, info.template_values())
+            async with aiohttp.ClientSession() as http:
+                await flood(http, url, item.flood)
 
 
 def _count(step: Step) -> int:
@@ -165,7 +185,8 @@ def steps(
     first_index: int = 1,
     configuration: dict[str, Any] | None = None,
 ) -> str:
-    """Run a fragment of a testbed method (``pause``, ``fault``, ``parallel``, ``sequence``).
+    """Run a fragment of a testbed method (``pause``, ``fault``, ``parallel``, ``sequence``,
+    ``scale``, ``deploy``, ``flood``).
 
     Chaos Toolkit's own background activities run until the end of the method; a testbed
     ``parallel:`` group ends when its last member does, so exported groups use this action.

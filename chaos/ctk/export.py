@@ -111,8 +111,8 @@ def _step_json(step: Step, names: dict[int, tuple[int, str]]) -> Any:
         return {"fault": spec}
     data = step.model_dump(mode="json", by_alias=True)
     key = next(iter(data))
-    if key == "pause":
-        return data
+    if key not in ("parallel", "sequence"):
+        return data  # pause, scale, deploy, flood: the step as the testbed reads it
     subs = getattr(step, key)
     return {key: [_step_json(s, names) for s in subs]}
 
@@ -141,10 +141,12 @@ def _method(exp: Experiment) -> list[dict[str, Any]]:
                 (names[id(s)][0] for _, s in iter_faults([step])),
                 default=1,
             )
-            kind = "parallel" if "parallel" in type(step).model_fields else "sequence"
+            kind = next(iter(type(step).model_fields))  # parallel, sequence, scale, ...
+            grouped = kind in ("parallel", "sequence")
+            label = f"{kind}-from-fault-{first}" if grouped else f"{kind}-{len(activities) + 1}"
             activity = {
                 "type": "action",
-                "name": f"{kind}-from-fault-{first}",
+                "name": label,
                 "provider": _provider(
                     ACTIONS,
                     "steps",

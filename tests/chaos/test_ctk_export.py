@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from pydantic import TypeAdapter
 
 from chaos.cli import chaos
 from chaos.ctk.actions import steps
@@ -16,7 +17,8 @@ from chaos.ctk.control import verdict_of
 from chaos.ctk.export import export_experiment
 from chaos.execute import shipped_experiments
 from chaos.journal import Verdict
-from chaos.loader import parse_experiment
+from chaos.loader import iter_faults, parse_experiment
+from chaos.model import PauseStep, Step
 from mesh.errors import ConfigError
 
 CHAOS = Path(sys.executable).with_name("chaos")
@@ -57,7 +59,19 @@ def test_every_shipped_experiment_exports_with_its_probes_faults_and_control() -
             if probe["name"] in verify:
                 assert probe["tolerance"]["provider"]["arguments"]["when"] == ["after"]
         faults = [a for a in data["method"] if a["provider"]["func"] == "fault"]
-        assert faults, name
+        # No step is lost: every step but the pauses is one activity, and every fault of the
+        # experiment is either an action of its own or inside a group the `steps` action runs.
+        acting = [s for s in exp.method if not isinstance(s, PauseStep)]
+        assert len(data["method"]) == len(acting) or not acting, name
+        grouped = TypeAdapter(list[Step]).validate_python(
+            [
+                s
+                for a in data["method"]
+                if a["provider"]["func"] == "steps"
+                for s in a["provider"]["arguments"]["steps"]
+            ]
+        )
+        assert len(faults) + len(list(iter_faults(grouped))) == len(list(iter_faults(exp.method)))
         for action in faults:
             assert action["provider"]["arguments"]["seed"] == exp.seed
             assert action["provider"]["arguments"]["spec"]["name"] == action["name"]
