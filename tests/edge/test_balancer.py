@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -178,8 +179,16 @@ async def test_streams_large_request_body(
 
 
 async def test_connect_failure_is_502_problem_json(aiohttp_client: ClientFactory) -> None:
-    app, _ = _balancer([f"127.0.0.1:{free_port()}"])
-    client = await aiohttp_client(app)
+    # A port bound but not listening refuses connections, and no server (the test's own
+    # included: a free port may be handed out again) can take it while it is held.
+    with socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))
+        app, _ = _balancer([f"127.0.0.1:{reserved.getsockname()[1]}"])
+        client = await aiohttp_client(app)
+        await _connect_refused_answer(client)
+
+
+async def _connect_refused_answer(client: TestClient[web.Request, web.Application]) -> None:
     async with client.get("/echo") as resp:
         assert resp.status == 502
         assert resp.content_type == "application/problem+json"
