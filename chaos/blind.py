@@ -44,10 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos.localize import REGISTER_ROUTE_SUFFIX, _server_spans, _ServerSpan, binomial_surprise
+from chaos.localize import _server_spans, _ServerSpan, binomial_surprise, registry_registrations
 from chaos.rcascore import Entity
 from observability.analysis import Call, assemble, calls, percentile
-from observability.spans import SpanKind, SpanRecord, load_spans
+from observability.spans import SpanRecord, load_spans
 
 __all__ = [
     "BlindResult",
@@ -279,21 +279,8 @@ def _server_code(span: SpanRecord) -> int:
 
 
 def _registrations(spans: Iterable[SpanRecord]) -> list[tuple[float, str, str]]:
-    out = []
-    for span in spans:
-        route = str(span.attributes.get("http.route", ""))
-        code = span.attributes.get("http.response.status_code")
-        if (
-            span.kind is SpanKind.SERVER
-            and route.endswith(REGISTER_ROUTE_SUFFIX)
-            and span.attributes.get("http.request.method") == "PUT"
-            and isinstance(code, int)
-            and code < 400
-        ):
-            parts = str(span.attributes.get("url.path", "")).strip("/").split("/")
-            if len(parts) >= 2 and parts[-2] == "instances":
-                out.append((span.start_ns / 1e9, parts[-3] if len(parts) >= 3 else "", parts[-1]))
-    return out
+    """The registry's successful registrations (``chaos.localize``'s), their start in seconds."""
+    return [(start / 1e9, service, inst) for start, service, inst in registry_registrations(spans)]
 
 
 # -- statistics --------------------------------------------------------------------------------

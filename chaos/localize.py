@@ -444,7 +444,7 @@ def _service_signals(base: Sequence[_ServerSpan], fault: Sequence[_ServerSpan]) 
     return signals
 
 
-def _registrations(spans: Iterable[SpanRecord]) -> list[tuple[int, str, str]]:
+def registry_registrations(spans: Iterable[SpanRecord]) -> list[tuple[int, str, str]]:
     """(start, service, instance) of every successful registration the registry recorded."""
     out = []
     for span in spans:
@@ -556,7 +556,7 @@ def localize(
 ) -> list[Localization]:
     """Rank suspects for each fault's window against ``baseline``, and score each ranking."""
     traces = assemble(spans)
-    registrations = _registrations(spans)
+    registrations = registry_registrations(spans)
     instance_count = len({s.instance_id for s in spans})
     all_calls = calls(traces)
     servers = _server_spans(traces)
