@@ -23,7 +23,7 @@ from chaos.localize import summary_lines
 from chaos.report import write_report
 from chaos.runner import RunResult
 from load.cli import load
-from management.cli_options import RUN_DIR_OPTION
+from management.cli_options import RUN_DIR_OPTION, STACKS_BASE_PORT_OPTION
 from mesh.errors import ConfigError, TestbedError
 
 __all__ = ["chaos", "load", "print_result"]
@@ -217,13 +217,7 @@ def rollback_cmd(run_dir: Path | None) -> None:
     default=None,
     help="Localise and score a finished bench folder again; runs nothing.",
 )
-@click.option(
-    "--base-port",
-    type=click.IntRange(1024, 65000),
-    default=None,
-    envvar="TESTBED_BASE_PORT",
-    help="First port of the stacks' range.",
-)
+@STACKS_BASE_PORT_OPTION
 def rca_bench_cmd(
     seed: int,
     quick: bool,

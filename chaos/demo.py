@@ -38,6 +38,7 @@ from chaos.model import (
 )
 from chaos.report import write_demo_index
 from chaos.runner import RunResult
+from management.cli_options import STACKS_BASE_PORT_OPTION
 from management.stack import down, up
 from management.topology import Topology, load_topology
 from mesh.errors import ConfigError
@@ -228,13 +229,7 @@ def detection_line(results: list[RunResult]) -> str:
     default=None,
     help="Where journals and reports go (default: runs/demo-<timestamp>).",
 )
-@click.option(
-    "--base-port",
-    type=click.IntRange(1024, 65000),
-    default=None,
-    envvar="TESTBED_BASE_PORT",
-    help="First port of the stacks' range.",
-)
+@STACKS_BASE_PORT_OPTION
 @click.option(
     "--only",
     multiple=True,

@@ -23,17 +23,10 @@ from chaos.execute import find_experiment, shipped_experiments
 from chaos.loader import ExperimentError
 from chaos.model import CLAIMS, PARTS
 from chaos.runner import RunResult
+from management.cli_options import STACKS_BASE_PORT_OPTION
 from mesh.errors import ConfigError, TestbedError
 
 __all__ = ["compare", "run_suite", "suite"]
-
-BASE_PORT_OPTION = click.option(
-    "--base-port",
-    type=click.IntRange(1024, 65000),
-    default=None,
-    envvar="TESTBED_BASE_PORT",
-    help="First port of the stacks' range.",
-)
 
 
 def _folder(run_dir: Path | None, prefix: str) -> Path:
@@ -131,7 +124,7 @@ def suite_table(entries: list[dict[str, Any]]) -> Table:
     default=None,
     help="Where journals, reports and suite.html go (default: runs/suite-<time>).",
 )
-@BASE_PORT_OPTION
+@STACKS_BASE_PORT_OPTION
 @click.option("--only", multiple=True, help="Run only these shipped experiments (repeatable).")
 def suite(run_dir: Path | None, base_port: int | None, only: tuple[str, ...]) -> None:
     """Run the whole catalogue, each experiment on a fresh stack; write suite.html."""
@@ -173,7 +166,7 @@ def suite(run_dir: Path | None, base_port: int | None, only: tuple[str, ...]) ->
     default=None,
     help="Where the variants' runs and compare.html go (default: runs/compare-<time>).",
 )
-@BASE_PORT_OPTION
+@STACKS_BASE_PORT_OPTION
 def compare(
     experiment: str, variants: tuple[str, ...], run_dir: Path | None, base_port: int | None
 ) -> None:

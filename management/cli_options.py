@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-__all__ = ["RUN_DIR_OPTION", "TOPOLOGY_OPTION"]
+__all__ = ["RUN_DIR_OPTION", "STACKS_BASE_PORT_OPTION", "TOPOLOGY_OPTION"]
 
 RUN_DIR_OPTION = click.option(
     "--run-dir",
@@ -27,3 +27,12 @@ TOPOLOGY_OPTION = click.option(
     help="Topology YAML (default: the one shipped with the package).",
 )
 """``--topology`` of the commands that read a topology file."""
+
+STACKS_BASE_PORT_OPTION = click.option(
+    "--base-port",
+    type=click.IntRange(1024, 65000),
+    default=None,
+    envvar="TESTBED_BASE_PORT",
+    help="First port of the stacks' range.",
+)
+"""``--base-port`` of the commands that bring fresh stacks up themselves (demo, suite, bench)."""
