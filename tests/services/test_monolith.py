@@ -50,7 +50,14 @@ async def test_checkout_runs_in_process_and_audits_clean(
     tmp_path: Path, aiohttp_client: ClientFactory
 ) -> None:
     config = Config.from_env(
-        {"TESTBED_SERVICE": "shop", "TESTBED_RUN_DIR": str(tmp_path), "TESTBED_PORT": "0"}
+        {
+            "TESTBED_SERVICE": "shop",
+            "TESTBED_RUN_DIR": str(tmp_path),
+            "TESTBED_PORT": "0",
+            # The simulated provider declines 5% of keys by default; this test is about the
+            # in-process wiring, so every charge is accepted.
+            "PAYMENTS_DECLINE_PROBABILITY": "0",
+        }
     )
     client = await aiohttp_client(create_app(config))
     resp = await client.post(
