@@ -11,7 +11,7 @@ agree):
 
 Each variant gets its own stack (brought up, the experiment run, torn down), so the variants
 cannot contaminate each other. One report, ``compare.html``, puts them side by side: a table of
-the verdict, error ratio, p50/p99, throughput and audit per variant, the timelines stacked, and a
+the verdict, error ratio, p50/p99, throughput, audit, detection and location per variant, the timelines stacked, and a
 sentence naming the biggest difference.
 """
 
@@ -154,6 +154,10 @@ class Metrics:
     p99_ms: float | None
     rps: float | None
     audit: str
+    detected: str = "-"
+    """When an alert saw the fault: ``1.8 s`` after it was applied, ``no``; ``-``: no fault."""
+    located: str = "-"
+    """Whether the traces located the fault (``yes (#1)``, ``no (#3)``, ``undetermined``)."""
 
 
 def metrics_of(variant: str, journal: dict[str, Any], result: RunResult | None) -> Metrics:
@@ -177,6 +181,8 @@ def metrics_of(variant: str, journal: dict[str, Any], result: RunResult | None) 
         p99_ms=method.get("p99_ms"),
         rps=rps,
         audit=(result.audit if result is not None and result.audit else "-"),
+        detected=(result.detected if result is not None and result.detected else "-"),
+        located=(result.located if result is not None and result.located else "-"),
     )
 
 
@@ -237,7 +243,18 @@ def difference_sentence(rows: Sequence[Metrics]) -> str:
 
 
 def _summary_table(rows: Sequence[Metrics]) -> Table:
-    table = Table("variant", "verdict", "requests", "error ratio", "p50", "p99", "req/s", "audit")
+    table = Table(
+        "variant",
+        "verdict",
+        "requests",
+        "error ratio",
+        "p50",
+        "p99",
+        "req/s",
+        "audit",
+        "detected",
+        "located",
+    )
     for m in rows:
         table.add_row(
             m.variant,
@@ -248,6 +265,8 @@ def _summary_table(rows: Sequence[Metrics]) -> Table:
             "-" if m.p99_ms is None else f"{m.p99_ms:.0f} ms",
             "-" if m.rps is None else f"{m.rps:.1f}",
             m.audit,
+            m.detected,
+            m.located,
         )
     return table
 

@@ -85,6 +85,8 @@ def write_compare_report(
                 "p99": _ms(row.get("p99_ms")),
                 "rps": "-" if not isinstance(rps, int | float) else f"{rps:.1f}",
                 "audit": str(row.get("audit") or "-"),
+                "detected": str(row.get("detected") or "-"),
+                "located": str(row.get("located") or "-"),
             }
         )
         charts.append(

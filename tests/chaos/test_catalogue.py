@@ -3,6 +3,7 @@ expected deviation is named, and the pieces of ``chaos compare`` that need no st
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -162,6 +163,8 @@ def test_metrics_and_pages_from_a_journal(tmp_path: Path) -> None:
     }
     m = metrics_of("full", journal, None)
     assert (m.rps, m.p50_ms, m.p99_ms, m.error_ratio) == (20.0, 80, 900, 0.01)
+    assert (m.detected, m.located) == ("-", "-")
+    m = dataclasses.replace(m, detected="1.8 s", located="yes (#1)")
     page = write_compare_report(
         tmp_path,
         title="T <1>",
@@ -175,6 +178,7 @@ def test_metrics_and_pages_from_a_journal(tmp_path: Path) -> None:
     assert "T &lt;1&gt;" in html
     assert "resilience.gateway=full" in html
     assert "20.0" in html
+    assert "<td>1.8 s</td><td>yes (#1)</td>" in html
     index = write_suite_index(
         tmp_path,
         [{"name": "cdn-origin-down", "claim": "cdn", "error": "stack did not start"}],
