@@ -77,6 +77,9 @@ MERGE_GAP_S = 3
 MARGIN_S = 2
 MIN_BASELINE_S = 4
 MIN_EVENTS = 3
+JUDGE_MIN_S = 4.0
+"""Suspects are judged over at least this long from the window's start (a sparse fault's
+seconds are not all alarms: at one call a second, a 2 s window holds too few to judge)."""
 SCAN_MIN_EVENTS = 2
 """Two bad calls in a few seconds may start a window (a place sums its links' evidence)."""
 MIN_CALLS_TO_VETO = 5
@@ -407,7 +410,19 @@ def _bin_alarms(b: _Binned, host_slow: Sequence[int], host_timed: Sequence[int])
 
 
 def _rates(per_bin: Sequence[Sequence[_Event]], bad: Any) -> list[float]:
-    rates = [sum(bool(bad(e)) for e in b) / len(b) for b in per_bin if b]
+    """The share of bad events per second, a second with none taking the last one seen.
+
+    Per second of time, not per second with events: a sparse series (one call every few
+    seconds) may have more of its busy seconds inside a fault than outside, when its callers
+    retry into it; over time, a fault still holds less than half of the run.
+    """
+    rates: list[float] = []
+    last: float | None = None
+    for b in per_bin:
+        if b:
+            last = sum(bool(bad(e)) for e in b) / len(b)
+        if last is not None:
+            rates.append(last)
     return rates or [0.0]
 
 
@@ -716,7 +731,9 @@ def localize_blind(
         )
 
     def rank(cluster: list[int]) -> tuple[BlindWindow, list[BlindSuspect], str]:
-        win = (t0 + cluster[0] * BIN_S, t0 + (cluster[-1] + 1) * BIN_S)
+        # Judged over at least JUDGE_MIN_S: a quiet place's fault shows in few of its seconds.
+        end = min(bins, max(cluster[-1] + 1, cluster[0] + int(JUDGE_MIN_S // BIN_S)))
+        win = (t0 + cluster[0] * BIN_S, t0 + end * BIN_S)
         first = min(i for i in cluster if worst[i] >= ALARM)
         window = BlindWindow(win[0], win[1], t0 + (first + 1) * BIN_S + EXPORT_S, len(cluster))
         win_s = win[1] - win[0]
