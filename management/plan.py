@@ -30,6 +30,7 @@ __all__ = [
     "ProxyPlan",
     "build_plan",
     "port_span",
+    "spare_admin_port",
 ]
 
 DEFAULT_BASE_PORT = 20000
@@ -147,6 +148,13 @@ class Plan:
     @property
     def span(self) -> int:
         return port_span(len(self.topology.components))
+
+
+def spare_admin_port(inst: InstancePlan) -> int:
+    """An admin port for a temporary successor of ``inst`` (``testbed deploy`` of a single
+    instance): the admin port of its component's last slot, which a component whose instance
+    count is fixed (balancer, CDN) never uses."""
+    return inst.admin_port + _SLOT * (MAX_INSTANCES - inst.index)
 
 
 def _slot(base: int, component_index: int, k: int) -> tuple[int, int, int]:

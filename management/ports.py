@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mesh.errors import ConfigError
 
-__all__ = ["PortInUse", "check_ports_free", "describe_holder", "port_is_free"]
+__all__ = ["PortInUse", "check_ports_free", "describe_holder", "listening_pids", "port_is_free"]
 
 _LISTEN = "0A"
 
@@ -53,6 +53,25 @@ def _cmdline(pid: int) -> str:
     except OSError:
         return "?"
     return " ".join(part.decode(errors="replace") for part in raw.split(b"\0") if part)[:160]
+
+
+def listening_pids(port: int) -> set[int]:
+    """The processes listening on ``port`` (several when they share it with SO_REUSEPORT)."""
+    inodes = _listening_inodes(port)
+    if not inodes:
+        return set()
+    targets = {f"socket:[{inode}]" for inode in inodes}
+    pids: set[int] = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in os.scandir(f"/proc/{entry.name}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd.path) in targets:
+                        pids.add(int(entry.name))
+                        break
+    return pids
 
 
 def describe_holder(port: int) -> str:

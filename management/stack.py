@@ -33,8 +33,15 @@ import yaml
 
 from management.dashboards import CONSOLE_NAME, write_console
 from management.jaeger import jaeger_config
-from management.plan import DEFAULT_BASE_PORT, LOCALHOST, InstancePlan, Plan, build_plan
-from management.ports import check_ports_free
+from management.plan import (
+    DEFAULT_BASE_PORT,
+    LOCALHOST,
+    InstancePlan,
+    Plan,
+    build_plan,
+    spare_admin_port,
+)
+from management.ports import check_ports_free, listening_pids
 from management.prometheus import write_prometheus_files, write_targets
 from management.supervisor import (
     MARKER_ENV,
@@ -74,6 +81,11 @@ JAEGER_UI_ASSETS_ENV = "TESTBED_JAEGER_UI_ASSETS"
 TRACE_UI_GRACE = 10.0
 """Seconds ``up`` waits for the trace UI once everything else is ready (it started first)."""
 _INFRA_PROGRAMS = ("toxiproxy", "prometheus", "jaeger", "zipkin", "zipkin-shipper")
+HANDOFF_KINDS = ("balancer", "cdn")
+"""Components run as one instance per listener: deployed by a hand-over on the same port
+(``Stack._hand_over``), not by draining a replica."""
+NEXT_SUFFIX = "-next"
+"""The temporary program that holds a single instance's port during its deploy."""
 
 
 class StackError(TestbedError):
@@ -285,10 +297,13 @@ class Stack:
             "gateway": 200,
             "balancer": 300,
         }.get(inst.kind, 400)
+        env = dict(inst.env)
+        if inst.kind in HANDOFF_KINDS:  # its successor shares the port (observability.handoff)
+            env["TESTBED_REUSE_PORT"] = "1"
         return ProgramSpec(
             name=inst.instance_id,
             command=inst.command,
-            env=inst.env,
+            env=env,
             log_file=self.logs_dir / f"{inst.instance_id}.log",
             directory=self.workdir,
             priority=priority,
@@ -638,7 +653,9 @@ class Stack:
 
         Per instance: drain it in the registry (callers stop picking it), stop it gracefully
         (it finishes in-flight requests), start it with the new version, wait until it is
-        ready and registered with that version, then the next.
+        ready and registered with that version, then the next. A balancer or CDN PoP (one
+        listener, no replica to fall back on) is handed over on its port instead
+        (``_hand_over``).
         """
         self._check_component(component)
         started = time.monotonic()
@@ -651,6 +668,9 @@ class Stack:
                     self.progress(f"{inst.instance_id}: already {version}")
                     continue
                 self.progress(f"{inst.instance_id}: {old.version} -> {version}")
+                if inst.kind in HANDOFF_KINDS:
+                    await self._hand_over(old, inst)
+                    continue
                 await self._drain(http, old)
                 self._write_program(self._instance_spec(inst))
                 await self.supervisor.update()
@@ -658,6 +678,97 @@ class Stack:
         self.plan = new_plan
         self._save()
         return time.monotonic() - started
+
+    # -- deploying a single instance: a hand-over on its port --
+    async def _hand_over(self, old: InstancePlan, new: InstancePlan) -> None:
+        """Replace ``old`` by ``new`` (same ports, another version) without refusing a
+        connection, as HAProxy's seamless reload does (``observability.handoff``).
+
+        1. start ``<instance>-next`` at the new version on the same public port (its own admin
+           port: ``spare_admin_port``; it registers as ``<instance>-next``), wait until it
+           listens and is ready: from then on it gets every new connection;
+        2. stop the old process gracefully: it closes its listener, finishes in-flight
+           requests, closes idle keep-alive connections and exits;
+        3. start ``<instance>`` at the new version (same port again), wait until it listens
+           and is ready: it now gets every new connection;
+        4. stop ``<instance>-next`` the same way.
+
+        A failure or Ctrl-C on the way puts the old version back (if it was stopped) and
+        removes the temporary program, then raises.
+        """
+        temp = self._successor(new)
+        check_ports_free({temp.admin_port: f"{temp.instance_id} admin"})
+        iid = new.instance_id
+        old_stopped = False
+        try:
+            self.progress(f"{iid}: starting {temp.instance_id} ({new.version}) on port {new.port}")
+            self._write_program(self._instance_spec(temp))
+            await self.supervisor.update()
+            await self._wait_serving(temp)
+            self.progress(f"{iid}: stopping {old.version} (closes its listener, finishes requests)")
+            old_stopped = True
+            await self.supervisor.stop(iid)
+            self.progress(f"{iid}: starting {new.version}")
+            self._write_program(self._instance_spec(new))
+            await self.supervisor.update()
+            await self._wait_serving(new)
+            self.progress(f"{iid}: stopping {temp.instance_id}")
+            self._remove_program(temp.instance_id)
+            await self.supervisor.update()
+        except BaseException as exc:
+            why = (
+                "interrupted"
+                if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
+                else (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            )
+            self.progress(f"{iid}: deploy stopped ({why}); putting {old.version} back")
+            await asyncio.shield(self._restore(old, temp, old_stopped=old_stopped))
+            self.progress(f"{iid}: {old.version} serves; {temp.instance_id} removed")
+            if isinstance(exc, Exception):
+                raise StackError(
+                    f"deploy of {iid} to {new.version} failed, {old.version} still serves: {exc}"
+                ) from None
+            raise
+
+    def _successor(self, inst: InstancePlan) -> InstancePlan:
+        """``inst`` as the temporary ``<instance>-next`` program: same public port, its own
+        instance id and admin port (so the registry, logs and faults never confuse the two)."""
+        iid = inst.instance_id + NEXT_SUFFIX
+        admin = spare_admin_port(inst)
+        env = {**inst.env, "TESTBED_INSTANCE_ID": iid, "TESTBED_ADMIN_PORT": str(admin)}
+        return replace(inst, instance_id=iid, admin_port=admin, env=env)
+
+    async def _wait_serving(self, inst: InstancePlan, *, within: float = 60.0) -> None:
+        """Wait until ``inst``'s own process listens on its port (a reply on the shared port
+        may come from the other process), then until it is ready."""
+        deadline = time.monotonic() + within
+        while True:
+            pid = 0
+            with contextlib.suppress(SupervisorError, TimeoutError):
+                info = await self.supervisor.acall("getProcessInfo", inst.instance_id)
+                pid = int(info.get("pid") or 0) if info.get("statename") == "RUNNING" else 0
+            if pid and pid in await asyncio.to_thread(listening_pids, inst.port):
+                break
+            await self._fail_on_fatal({inst.instance_id})
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"{inst.instance_id} does not listen on {inst.port} after {within:.0f}s\n"
+                    + self._log_tails([inst.instance_id])
+                )
+            await asyncio.sleep(0.1)
+        await self.wait_ready([inst], within=max(1.0, deadline - time.monotonic()))
+
+    async def _restore(self, old: InstancePlan, temp: InstancePlan, *, old_stopped: bool) -> None:
+        """After a failed hand-over: ``old`` serving again, the temporary program gone."""
+        try:
+            if old_stopped:
+                self._write_program(self._instance_spec(old))
+                await self.supervisor.update()
+                await self.supervisor.start(old.instance_id)
+                await self._wait_serving(old)
+        finally:
+            self._remove_program(temp.instance_id)
+            await self.supervisor.update()
 
 
 # ---- up -----------------------------------------------------------------------------------------

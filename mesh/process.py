@@ -30,6 +30,9 @@ Variables (all optional except where noted):
 ``TESTBED_LOG_FORMAT``     ``json``, ``console`` or ``auto`` (JSON when not on a terminal)
 ``TESTBED_LOG_LEVEL``      ``debug``, ``info`` (default), ``warning``, ``error``
 ``TESTBED_DRAIN_SECONDS``  how long shutdown waits for in-flight requests (default 5)
+``TESTBED_REUSE_PORT``     ``1``: the public listener shares its port with a successor
+                           (``SO_REUSEPORT``, ``observability.handoff``) and on shutdown closes
+                           first; how a single instance is redeployed without loss (default 0)
 """
 
 from __future__ import annotations
@@ -156,6 +159,16 @@ def env_int(
     return value
 
 
+def _env_flag(env: Mapping[str, str], name: str) -> bool:
+    """``env[name]`` as a switch: ``1``/``true``/``yes`` or ``0``/``false``/``no`` (unset: off)."""
+    raw = (env.get(name) or "0").strip().lower()
+    if raw in ("1", "true", "yes"):
+        return True
+    if raw in ("0", "false", "no", ""):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a switch: use 1 or 0")
+
+
 def _check_range(name: str, value: float, low: float | None, high: float | None) -> None:
     if low is not None and value < low:
         raise ConfigError(f"{name}={value:g} must be at least {low:g}")
@@ -184,6 +197,7 @@ class ProcessConfig:
     log_format: str = "auto"
     log_level: str = "info"
     drain_seconds: float = 5.0
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         if self.resilience not in RESILIENCE_PROFILES:
@@ -248,4 +262,5 @@ class ProcessConfig:
             log_format=e.get("TESTBED_LOG_FORMAT") or "auto",
             log_level=(e.get("TESTBED_LOG_LEVEL") or "info").lower(),
             drain_seconds=env_float(e, "TESTBED_DRAIN_SECONDS", 5.0, minimum=0),
+            reuse_port=_env_flag(e, "TESTBED_REUSE_PORT"),
         )

@@ -9,6 +9,9 @@ it is installed) and shuts down gracefully:
 on SIGTERM/SIGINT ``/readyz`` fails first while requests are still served, until none is in
 flight (``process.drain_seconds`` at most); then the listener closes, requests still running
 get up to ``drain_seconds`` more before being cancelled, cleanup runs, the process exits 0.
+A process with ``process.reuse_port`` (a single instance a successor takes over:
+``observability.handoff``) closes its listener first instead, since its successor already
+listens on the same port and receives every new connection.
 Once listening, the objects built at start are frozen out of the cyclic garbage collector's
 reach (``gc.freeze``), which trims every later collection.
 
@@ -45,6 +48,7 @@ from mesh.registration import install_registration
 from observability.admin import add_fault_routes, make_admin_middleware
 from observability.errors import RPC_ERRORS, ErrorShape
 from observability.faults import FaultController
+from observability.handoff import handoff_socket
 from observability.health import InFlight, Readiness, healthz, readyz
 from observability.keys import (
     CONFIG_KEY,
@@ -227,7 +231,7 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 @contextlib.asynccontextmanager
 async def _listening(
-    app: web.Application, host: str, port: int, drain_seconds: float
+    app: web.Application, host: str, port: int, drain_seconds: float, *, reuse_port: bool = False
 ) -> AsyncIterator[web.AppRunner]:
     # handler_cancellation: a client that goes away cancels its handler (and so the handler's
     # outbound calls), as in aiohttp's test server; work that must outlive a request (a saga)
@@ -247,9 +251,18 @@ async def _listening(
     if install_fast_lane(runner.server, app):  # when it has one (edge.front.fastlane)
         _log.info("fast_lane_on", port=port)
     site: web.BaseSite
+    try:
+        # Shared with a successor (observability.handoff); bound here so a taken port fails
+        # like TCPSite's, as an OSError naming it.
+        sock = handoff_socket(host, port) if reuse_port else None
+    except OSError:
+        await runner.cleanup()
+        raise
     if lane is not None:  # its connections start on the wire lane (edge.front.wire)
-        site = WireSite(runner, host, port, lane, drain_seconds)
+        site = WireSite(runner, host, port, lane, drain_seconds, sock=sock)
         _log.info("wire_lane_on", port=port)
+    elif sock is not None:
+        site = web.SockSite(runner, sock)
     else:
         site = web.TCPSite(runner, host, port)
     try:
@@ -291,7 +304,13 @@ async def _serve(
                 _listening(admin_app, process.host, process.admin_port, 1.0)
             )
         runner = await stack.enter_async_context(
-            _listening(main_app, process.host, process.port, process.drain_seconds)
+            _listening(
+                main_app,
+                process.host,
+                process.port,
+                process.drain_seconds,
+                reuse_port=process.reuse_port,
+            )
         )
         _log.info(
             "listening",
@@ -299,6 +318,7 @@ async def _serve(
             port=_port(runner),
             admin_port=_port(admin_runner) if admin_runner is not None else None,
             version=process.version,
+            reuse_port=process.reuse_port,
         )
         # Everything built so far (modules, the app, its pools) lives until exit: moved out of
         # the collector's generations, the cyclic GC no longer walks it on every collection
@@ -320,9 +340,12 @@ async def _serve(
             except Exception as exc:  # a failed hook must not stop the shutdown
                 name = getattr(hook, "__name__", "?")
                 _log.warning("drain_hook_failed", hook=name, error=str(exc))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(process.drain_seconds):
-                await in_flight.wait_idle()
+        if not process.reuse_port:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(process.drain_seconds):
+                    await in_flight.wait_idle()
+        # else: a successor on the same port takes every new connection; waiting here with the
+        # listener open would only keep idle keep-alive connections busy on this process.
         _log.info("drained", in_flight=in_flight.count)
         # 2. Leaving the stack closes the public listener, gives requests still running up to
         #    drain_seconds more (aiohttp's shutdown_timeout), cancels the rest, runs the app's

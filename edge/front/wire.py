@@ -43,6 +43,7 @@ import asyncio
 import contextlib
 import json
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import Token
@@ -1071,10 +1072,17 @@ class WireFront:
 class WireSite(web.BaseSite):
     """A TCP listener whose connections start on the app's wire lane (``WireFront``)."""
 
-    __slots__ = ("_drain", "_front", "_host", "_port")
+    __slots__ = ("_drain", "_front", "_host", "_port", "_sock")
 
     def __init__(
-        self, runner: web.AppRunner, host: str, port: int, lane: WireLane, drain: float
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        lane: WireLane,
+        drain: float,
+        *,
+        sock: socket.socket | None = None,
     ) -> None:
         super().__init__(runner)
         assert runner.server is not None
@@ -1082,6 +1090,7 @@ class WireSite(web.BaseSite):
         self._host = host
         self._port = port
         self._drain = drain
+        self._sock = sock  # a listening socket to serve instead (observability.handoff)
 
     @property
     def name(self) -> str:
@@ -1093,6 +1102,9 @@ class WireSite(web.BaseSite):
 
     async def start(self) -> None:
         await super().start()
+        if self._sock is not None:
+            self._server = await self._front.loop.create_server(self._front, sock=self._sock)
+            return
         self._server = await self._front.loop.create_server(
             self._front, self._host, self._port, backlog=self._backlog
         )
