@@ -37,7 +37,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from edge.balancer.headers import downstream_response_headers, upstream_request_headers
-from edge.balancer.proxy import problem, relay_response, stream_rest
+from edge.balancer.proxy import IDEMPOTENCY_KEY, problem, relay_response, stream_rest
 from edge.cdn.config import CdnConfig
 from edge.cdn.metrics import CdnMetrics
 from edge.cdn.policy import (
@@ -453,13 +453,7 @@ class EdgeCache:
                 body = request.content
         started = time.perf_counter()
         try:
-            upstream = await self.session.request(
-                method,
-                self.origin + origin_target(request),
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-            )
+            upstream = await self._request_origin(request, method, headers, body)
         except (aiohttp.ClientError, TimeoutError) as exc:
             timed_out = isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError) and not (
                 isinstance(exc, aiohttp.ConnectionTimeoutError)
@@ -485,6 +479,38 @@ class EdgeCache:
             )
         finally:
             upstream.release()
+
+    async def _request_origin(
+        self,
+        request: web.Request,
+        method: str,
+        headers: Mapping[str, str],
+        body: bytes | StreamReader | None,
+    ) -> aiohttp.ClientResponse:
+        """Send a pass-through request to the origin.
+
+        aiohttp repeats an idempotent request once when the pooled connection it went on turns
+        out closed (RFC 9112 section 9.3.1). A POST or PATCH carrying an ``Idempotency-Key``
+        (with a body held in memory) is as safe to repeat, since the service answers a repeat
+        with the first outcome, so it gets the same one repeat: the race it covers is the
+        origin closing an idle keep-alive connection as the request goes out on it, as a
+        balancer handing over its port does (``observability.handoff``).
+        """
+        url = self.origin + origin_target(request)
+        keyed = IDEMPOTENCY_KEY in request.headers and not isinstance(body, StreamReader)
+        try:
+            return await self.session.request(
+                method, url, headers=headers, data=body, allow_redirects=False
+            )
+        except aiohttp.ClientConnectorError:
+            raise  # nothing was sent; the origin is down, a repeat would only wait again
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            if not keyed or method not in _UNSAFE:
+                raise
+            _log.info("origin_closed_retrying", method=method, error=str(exc) or type(exc).__name__)
+        return await self.session.request(
+            method, url, headers=headers, data=body, allow_redirects=False
+        )
 
 
 async def _read_into(upstream: aiohttp.ClientResponse, chunks: list[bytes], limit: int) -> int:
