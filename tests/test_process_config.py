@@ -46,6 +46,7 @@ def test_resilience_overrides_win_per_upstream() -> None:
         ({"TESTBED_RESILIENCE_OVERRIDES": "payments=fast"}, "payments=fast"),
         ({"TESTBED_UPSTREAMS": "payments=nohostport"}, "nohostport"),
         ({"TESTBED_LOG_FORMAT": "xml"}, "xml"),
+        ({"TESTBED_REUSE_PORT": "maybe"}, "TESTBED_REUSE_PORT"),
     ],
 )
 def test_bad_values_are_named(env: dict[str, str], named: str) -> None:
