@@ -669,8 +669,14 @@ class Stack:
                     continue
                 self.progress(f"{inst.instance_id}: {old.version} -> {version}")
                 if inst.kind in HANDOFF_KINDS:
-                    await self._hand_over(old, inst)
-                    continue
+                    if self._shares_port(old):
+                        await self._hand_over(old, inst)
+                        continue
+                    self.progress(
+                        f"warning: {old.instance_id} runs without a shared port (started "
+                        "before hand-over deploys existed): restarted in place this time, "
+                        "which refuses connections meanwhile; its next deploy hands over"
+                    )
                 await self._drain(http, old)
                 self._write_program(self._instance_spec(inst))
                 await self.supervisor.update()
@@ -729,6 +735,15 @@ class Stack:
                     f"deploy of {iid} to {new.version} failed, {old.version} still serves: {exc}"
                 ) from None
             raise
+
+    def _shares_port(self, inst: InstancePlan) -> bool:
+        """Whether ``inst``'s program runs with ``TESTBED_REUSE_PORT`` (a successor can bind
+        beside it only then)."""
+        try:
+            text = (self.programs_dir / f"{inst.instance_id}.conf").read_text()
+        except OSError:
+            return False
+        return 'TESTBED_REUSE_PORT="1"' in text
 
     def _successor(self, inst: InstancePlan) -> InstancePlan:
         """``inst`` as the temporary ``<instance>-next`` program: same public port, its own
