@@ -203,7 +203,8 @@ def scale(assignment: str, run_dir: Path | None) -> None:
 @click.option("--version", "version", required=True, help="The version to roll out.")
 @RUN_DIR_OPTION
 def deploy(service: str, version: str, run_dir: Path | None) -> None:
-    """Rolling deploy: one instance at a time, drained, restarted with VERSION, ready again."""
+    """Rolling deploy: one instance at a time, drained, restarted with VERSION, ready again
+    (a balancer or CDN PoP: handed over on its port to VERSION, no connection refused)."""
     from management.stack import open_stack
 
     stack = open_stack(run_dir, progress=_say)
