@@ -5,12 +5,9 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from pathlib import Path
 
 import pytest
 
-from management.plan import build_plan, spare_admin_port
-from management.topology import load_topology
 from mesh.process import ProcessConfig
 from observability.handoff import handoff_socket, steering_program
 
@@ -63,12 +60,3 @@ def test_steering_program_is_one_return_of_the_index() -> None:
 def test_reuse_port_is_off_unless_asked() -> None:
     assert not ProcessConfig.from_env("lb", {}).reuse_port
     assert ProcessConfig.from_env("lb", {"TESTBED_REUSE_PORT": "1"}).reuse_port
-
-
-def test_spare_admin_port_is_inside_the_component_block_and_unused(tmp_path: Path) -> None:
-    plan = build_plan(load_topology(), base_port=40000, run_dir=tmp_path)
-    taken = plan.ports()
-    for inst in (*plan.of("balancer"), *plan.of("cdn")):
-        spare = spare_admin_port(inst)
-        assert spare not in taken
-        assert inst.port < spare < inst.port + 30  # the component's block of ports
