@@ -309,7 +309,7 @@ def deploy(
             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
         ]
         if given:
-            raise click.UsageError(f"{', '.join(given)} only apply with --canary")
+            raise click.UsageError(f"{', '.join(given)} apply only with --canary")
     stack = open_stack(run_dir, progress=_say)
     if abort_canary:
         seconds = asyncio.run(stack.remove_canary(service))
