@@ -65,6 +65,8 @@ def method_seconds(steps: list[Step]) -> float:
             total += method_seconds(step.sequence)
         elif isinstance(step, FloodStep):
             total += step.flood.duration
+        elif isinstance(step, DeployStep) and step.deploy.canary is not None:
+            total += MANAGEMENT_STEP_S + step.deploy.canary.judge_for
         elif isinstance(step, ScaleStep | DeployStep):
             total += MANAGEMENT_STEP_S
     return total

@@ -115,6 +115,16 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
+def _canary_share(env: Mapping[str, str]) -> float | None:
+    raw = env.get("TESTBED_CANARY_SHARE")
+    if not raw:
+        return None
+    share = env_float(env, "TESTBED_CANARY_SHARE", 0.0, minimum=0.0, maximum=1.0)
+    if not 0.0 < share < 1.0:
+        raise ConfigError(f"TESTBED_CANARY_SHARE={raw!r} must lie strictly between 0 and 1")
+    return share
+
+
 def env_float(
     env: Mapping[str, str],
     name: str,
@@ -184,6 +194,9 @@ class ProcessConfig:
     log_format: str = "auto"
     log_level: str = "info"
     drain_seconds: float = 5.0
+    canary_share: float | None = None
+    """A canary (``testbed deploy --canary``): the share of its service's traffic callers
+    send it, registered as metadata (``TESTBED_CANARY_SHARE``)."""
 
     def __post_init__(self) -> None:
         if self.resilience not in RESILIENCE_PROFILES:
@@ -248,4 +261,5 @@ class ProcessConfig:
             log_format=e.get("TESTBED_LOG_FORMAT") or "auto",
             log_level=(e.get("TESTBED_LOG_LEVEL") or "info").lower(),
             drain_seconds=env_float(e, "TESTBED_DRAIN_SECONDS", 5.0, minimum=0),
+            canary_share=_canary_share(e),
         )

@@ -46,11 +46,18 @@ def test_resilience_overrides_win_per_upstream() -> None:
         ({"TESTBED_RESILIENCE_OVERRIDES": "payments=fast"}, "payments=fast"),
         ({"TESTBED_UPSTREAMS": "payments=nohostport"}, "nohostport"),
         ({"TESTBED_LOG_FORMAT": "xml"}, "xml"),
+        ({"TESTBED_CANARY_SHARE": "half"}, "TESTBED_CANARY_SHARE"),
+        ({"TESTBED_CANARY_SHARE": "1"}, "strictly between 0 and 1"),
     ],
 )
 def test_bad_values_are_named(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         ProcessConfig.from_env("orders", env)
+
+
+def test_a_canary_share_is_read_once() -> None:
+    assert ProcessConfig.from_env("payments", {"TESTBED_CANARY_SHARE": "0.25"}).canary_share == 0.25
+    assert ProcessConfig.from_env("payments", {}).canary_share is None
 
 
 def test_link_resilience_reaches_the_callers_environment(tmp_path: Path) -> None:

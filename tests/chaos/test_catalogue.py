@@ -22,7 +22,7 @@ from chaos.demo import fit_load, method_seconds, topology_for
 from chaos.execute import shipped_experiments
 from chaos.journal import Verdict
 from chaos.loader import ExperimentError, parse_experiment
-from chaos.model import CLAIMS, PARTS
+from chaos.model import CLAIMS, PARTS, DeployStep
 from chaos.pages import write_compare_report, write_suite_index
 from chaos.runner import expected_outcome
 from management.cli import cli
@@ -196,3 +196,33 @@ def test_a_cut_load_still_covers_floods_and_management_steps() -> None:
     assert flood.load is not None
     assert flood.load.duration >= flood.load.warmup + 2 + 20  # the pause and the 20 s flood
     assert method_seconds(shipped["registry-kill-scaling"][1].method) >= 2 + 0.5 + 2 * 10 + 3
+    # A canary's judging window is part of the method: a cut load still covers it.
+    assert method_seconds(shipped["canary-rollback"][1].method) >= 3 + 25 + 5
+
+
+def test_flexibility_has_a_judged_canary_with_a_bad_build() -> None:
+    _, exp = shipped_experiments()["canary-rollback"]
+    assert exp.claim == "flexibility"
+    (deploy,) = [s for s in exp.method if isinstance(s, DeployStep)]
+    canary = deploy.deploy.canary
+    assert canary is not None
+    assert canary.bad_build is not None
+    assert 0 < canary.share < 0.5
+
+
+@pytest.mark.parametrize(
+    ("canary", "named"),
+    [
+        ("{share: 1.5}", "share"),
+        ("{judge_for: soon}", "judge_for"),
+        ("{bad_build: {type: service.latency}}", "latency_ms"),
+        ("{bad_build: {type: process.kill}}", "bad_build.type"),
+        ("{shares: 0.2}", "shares"),
+    ],
+)
+def test_a_bad_canary_step_is_named(canary: str, named: str) -> None:
+    text = _BASE.replace(
+        "  - pause: 1s", f"  - deploy: {{service: payments, version: v2, canary: {canary}}}"
+    )
+    with pytest.raises(ExperimentError, match=named):
+        parse_experiment(text, "exp.yaml")
