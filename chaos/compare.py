@@ -11,8 +11,8 @@ agree):
 
 Each variant gets its own stack (brought up, the experiment run, torn down), so the variants
 cannot contaminate each other. One report, ``compare.html``, puts them side by side: a table of
-the verdict, error ratio, p50/p99, throughput, audit, detection and location per variant, the timelines stacked, and a
-sentence naming the biggest difference.
+the verdict, error ratio, p50/p99, throughput, audit, detection and location per variant, the
+timelines stacked, and a sentence naming the biggest difference.
 """
 
 from __future__ import annotations
