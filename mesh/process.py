@@ -30,6 +30,8 @@ Variables (all optional except where noted):
 ``TESTBED_LOG_FORMAT``     ``json``, ``console`` or ``auto`` (JSON when not on a terminal)
 ``TESTBED_LOG_LEVEL``      ``debug``, ``info`` (default), ``warning``, ``error``
 ``TESTBED_DRAIN_SECONDS``  how long shutdown waits for in-flight requests (default 5)
+``TESTBED_RETRY_BUDGET``  ``off`` lifts the retry budget of profiles that retry (``full``): every
+                         failed try is retried up to the policy's count, as without a budget
 """
 
 from __future__ import annotations
@@ -115,6 +117,17 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
+def _on_off(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("on", "true", "1", "yes"):
+        return True
+    if raw in ("off", "false", "0", "no"):
+        return False
+    raise ConfigError(f"{name}={env[name]!r} is neither on nor off")
+
+
 def _canary_share(env: Mapping[str, str]) -> float | None:
     raw = env.get("TESTBED_CANARY_SHARE")
     if not raw:
@@ -197,6 +210,8 @@ class ProcessConfig:
     canary_share: float | None = None
     """A canary (``testbed deploy --canary``): the share of its service's traffic callers
     send it, registered as metadata (``TESTBED_CANARY_SHARE``)."""
+    retry_budget: bool = True
+    """``TESTBED_RETRY_BUDGET=off``: retries without their budget (to show what it saves)."""
 
     def __post_init__(self) -> None:
         if self.resilience not in RESILIENCE_PROFILES:
@@ -262,4 +277,5 @@ class ProcessConfig:
             log_level=(e.get("TESTBED_LOG_LEVEL") or "info").lower(),
             drain_seconds=env_float(e, "TESTBED_DRAIN_SECONDS", 5.0, minimum=0),
             canary_share=_canary_share(e),
+            retry_budget=_on_off(e, "TESTBED_RETRY_BUDGET", default=True),
         )

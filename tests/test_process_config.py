@@ -105,6 +105,18 @@ links:
         ProcessConfig.from_env("orders", {"TESTBED_PER_TRY_TIMEOUT_MS": "payments=fast"})
 
 
+def test_the_retry_budget_can_be_lifted_to_show_what_it_saves() -> None:
+    on = ProcessConfig.from_env("orders", {})
+    off = ProcessConfig.from_env("orders", {"TESTBED_RETRY_BUDGET": "off"})
+    assert profile_for(on, "payments").budget is not None
+    lifted = profile_for(off, "payments")
+    assert lifted.budget is None
+    assert lifted.retry == profile_named("full").retry  # the retries themselves stay
+    assert profile_for(off, "payments") != profile_named("full")
+    with pytest.raises(ConfigError, match="TESTBED_RETRY_BUDGET='sometimes' is neither"):
+        ProcessConfig.from_env("orders", {"TESTBED_RETRY_BUDGET": "sometimes"})
+
+
 @pytest.mark.parametrize(
     ("host", "token", "refused"),
     [

@@ -11,10 +11,12 @@ from click.testing import CliRunner
 
 from chaos.compare import (
     Metrics,
+    Probe,
     Variant,
     difference_sentence,
     metrics_of,
     parse_variant,
+    probe_rows,
     variant_experiment,
     variant_topology,
 )
@@ -122,6 +124,8 @@ def test_variants_parse_and_change_the_requirements(tmp_path: Path) -> None:
         ("x:instances.orders=0", "count 1-10"),
         ("x:colour=blue", "unknown setting 'colour'"),
         (f"x:topology={tmp_path / 'missing.yaml'}", "no topology file"),
+        ("x:env.orders=off", "env.<component>.<NAME>=VALUE"),
+        ("x:env.orders.lower=off", "NAME in capitals"),
     ):
         with pytest.raises(ConfigError, match=words):
             parse_variant(bad)
@@ -136,6 +140,12 @@ def test_variants_parse_and_change_the_requirements(tmp_path: Path) -> None:
     assert one.instance_count("catalog") == 1
     _, kill = shipped_experiments()["orders-kill"]
     assert variant_experiment(kill, naive).requires.consistency == {"orders": "naive"}
+    lifted = parse_variant("no-budget:env.orders.TESTBED_RETRY_BUDGET=off")
+    assert lifted.describe() == "env.orders.TESTBED_RETRY_BUDGET=off"
+    topo = variant_topology(load_topology(None), exp, lifted)
+    assert topo.components["orders"].env["TESTBED_RETRY_BUDGET"] == "off"
+    with pytest.raises(ConfigError, match="no component 'ordres'"):
+        variant_topology(load_topology(None), exp, parse_variant("x:env.ordres.A=1"))
 
 
 def _m(name: str, p99: float, err: float = 0.0, audit: str = "pass") -> Metrics:
@@ -154,16 +164,37 @@ def test_the_sentence_names_the_biggest_difference() -> None:
     )
 
 
+def test_a_probe_met_in_one_variant_and_missed_in_the_other_is_the_difference() -> None:
+    budget = dataclasses.replace(
+        _m("budget", 300), probes={"tries-per-call": Probe(1.08, True, "<= 1.3")}
+    )
+    lifted = dataclasses.replace(
+        _m("no-budget", 310), probes={"tries-per-call": Probe(1.74, False, "<= 1.3")}
+    )
+    assert difference_sentence([budget, lifted]) == (
+        "Tries-per-call is 1.08 with budget against 1.74 with no-budget (wanted <= 1.3)."
+    )
+    assert probe_rows([budget, lifted, _m("third", 300)]) == [
+        ("tries-per-call", ["1.08 ok", "1.74 (wanted <= 1.3)", "-"])
+    ]
+
+
 def test_metrics_and_pages_from_a_journal(tmp_path: Path) -> None:
     journal = {
         "verdict": "passed",
         "as_expected": True,
         "timeline": [{"phase": "method", "start": 100.0, "end": 120.0}],
         "load": {"method": {"requests": 400, "error_ratio": 0.01, "p99_ms": 900, "p50_ms": 80}},
-    }
+        "probes": [
+            {"phase": "steady_state:before", "name": "p99", "value": 10, "ok": True},
+            {"phase": "verify:after", "name": "tries", "value": 1.2, "ok": True,
+             "tolerance": "<= 1.3"},
+        ],
+    }  # fmt: skip
     m = metrics_of("full", journal, None)
     assert (m.rps, m.p50_ms, m.p99_ms, m.error_ratio) == (20.0, 80, 900, 0.01)
     assert (m.detected, m.located) == ("-", "-")
+    assert m.probes == {"tries": Probe(1.2, True, "<= 1.3")}  # final values only
     m = dataclasses.replace(m, detected="1.8 s", located="yes (#1)")
     page = write_compare_report(
         tmp_path,
@@ -173,8 +204,10 @@ def test_metrics_and_pages_from_a_journal(tmp_path: Path) -> None:
         rows=[m.__dict__],
         journals=[("full", None)],
         sentence="Only one variant ran.",
+        probes=probe_rows([m]),
     )
     html = page.read_text()
+    assert '<td>tries</td><td class="num">1.2 ok</td>' in html
     assert "T &lt;1&gt;" in html
     assert "resilience.gateway=full" in html
     assert "20.0" in html
