@@ -833,22 +833,29 @@ class Runner:
             fault = build_fault(
                 fault_id, spec, [Unit(info.instance_id, info.proxy, info)], self._fctx
             )
-            entry = self.journal.fault_planned(fault.record())
-            self.active[fault_id] = (fault, entry)
-            self.live.active[fault_id] = fault.describe()
-            self._event(f"bad build: applying {fault.describe()}")
-            try:
-                try:
-                    await asyncio.wait_for(fault.apply(), APPLY_TIMEOUT_S)
-                except Exception as exc:
-                    self.journal.fault_status(entry, FaultStatus.APPLY_FAILED, error=str(exc))
-                    raise TestbedError(f"could not apply {fault.describe()}: {exc}") from exc
-                self.journal.fault_status(entry, FaultStatus.APPLIED, details=dict(fault.details))
+            async with self._holding(fault_id, fault, "bad build: applying"):
                 yield
-            finally:
-                await self._shielded(self._rollback(fault, entry))
 
         return hook
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, fault_id: str, fault: Fault, doing: str) -> AsyncIterator[None]:
+        """``fault`` journaled (on disk before it is applied), applied, held while the body
+        runs, and rolled back whatever happens."""
+        entry = self.journal.fault_planned(fault.record())
+        self.active[fault_id] = (fault, entry)
+        self.live.active[fault_id] = fault.describe()
+        self._event(f"{doing} {fault.describe()}")
+        try:
+            try:
+                await asyncio.wait_for(fault.apply(), APPLY_TIMEOUT_S)
+            except Exception as exc:
+                self.journal.fault_status(entry, FaultStatus.APPLY_FAILED, error=str(exc))
+                raise TestbedError(f"could not apply {fault.describe()}: {exc}") from exc
+            self.journal.fault_status(entry, FaultStatus.APPLIED, details=dict(fault.details))
+            yield
+        finally:
+            await self._shielded(self._rollback(fault, entry))
 
     async def _flood(self, step: FloodStep) -> None:
         """One client sends ``rate`` requests a second with its own key; counts the answers."""
@@ -875,20 +882,8 @@ class Runner:
         fault_id = f"{n}-{slug(name)}"
         units = self._units[id(step)]
         fault = build_fault(fault_id, spec, units, self._fctx)
-        entry = self.journal.fault_planned(fault.record())  # on disk before it is applied
-        self.active[fault_id] = (fault, entry)
-        self.live.active[fault_id] = fault.describe()
-        self._event(f"applying {fault.describe()}")
-        try:
-            try:
-                await asyncio.wait_for(fault.apply(), APPLY_TIMEOUT_S)
-            except Exception as exc:
-                self.journal.fault_status(entry, FaultStatus.APPLY_FAILED, error=str(exc))
-                raise TestbedError(f"could not apply {fault.describe()}: {exc}") from exc
-            self.journal.fault_status(entry, FaultStatus.APPLIED, details=dict(fault.details))
+        async with self._holding(fault_id, fault, "applying"):
             await asyncio.sleep(spec.duration)
-        finally:
-            await self._shielded(self._rollback(fault, entry))
 
     async def _rollback(self, fault: Fault, entry: dict[str, Any]) -> None:
         if fault.id not in self.active:
