@@ -54,6 +54,7 @@ _log = get_logger("edge.balancer.pool")
 
 EVENTS_KEPT = 256
 """Ejection and readmission events kept for ``GET /ejections`` (oldest dropped first)."""
+REASONS = ("connect_error", "unresponsive", "health_check", "consecutive_failures")
 SOFT_REASONS = frozenset({"consecutive_failures"})
 """Reasons that never take out the last instance in rotation."""
 
@@ -150,12 +151,17 @@ class UpstreamPool:
             self._addresses.pop(gone, None)
             with contextlib.suppress(KeyError):
                 self.metrics.healthy.remove(gone)
+            for reason in REASONS:
+                with contextlib.suppress(KeyError):
+                    self.metrics.ejections.remove(gone, reason)
             _log.info("upstream_left", upstream=gone)
         for instance in instances:
             if instance.id not in self._health:
                 self._health[instance.id] = _Health()
                 self._addresses[instance.id] = instance.address
                 self.metrics.healthy.labels(instance.id).set(1)
+                for reason in REASONS:  # from 0, so that increase() sees the first one
+                    self.metrics.ejections.labels(instance.id, reason)
                 _log.info("upstream_joined", upstream=instance.id, address=instance.address)
         self._all = tuple(instances)
         self._recompute()
