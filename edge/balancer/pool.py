@@ -8,9 +8,9 @@ in the last ``EVENTS_KEPT`` events the admin API's ``GET /ejections`` lists):
 
 ``connect_error``         a connection to it was refused or timed out (a request's or a
                           check's): at once, as HAProxy's ``observe layer4`` does.
-``unresponsive``          an active check timed out while requests to it were waiting for
-                          their answer and not one byte came from it since the check began:
-                          at once. That is a frozen process under load (SIGSTOP, a blocked
+``unresponsive``          an active check timed out while a request to it had waited for its
+                          answer at least half the check's timeout and not one byte came
+                          from it in that time, on any connection: at once. That is a frozen process under load (SIGSTOP, a blocked
                           event loop); a slow but living one keeps sending bytes. Its waiting
                           safe requests are failed at once, so the proxy repeats them elsewhere
                           rather than letting them wait for the first-byte timeout.
@@ -287,8 +287,6 @@ class UpstreamPool:
     async def _check(self, session: aiohttp.ClientSession, instance: Instance) -> None:
         url = instance.base_url + self.config.health_path
         timeout = aiohttp.ClientTimeout(total=self.config.health_timeout)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         ok = False
         at_once: str | None = None
         try:
@@ -297,7 +295,8 @@ class UpstreamPool:
                 ok = resp.status == 200
         except TimeoutError:
             client = self.client
-            if client is not None and client.stalled(instance.address, started):
+            since = asyncio.get_running_loop().time() - self.config.health_timeout / 2
+            if client is not None and client.stalled(instance.address, since):
                 at_once = "unresponsive"
         except aiohttp.ClientConnectorError:
             at_once = "connect_error"

@@ -229,10 +229,12 @@ async def test_first_byte_timeout_repeats_safe_requests_once_and_504s_the_others
     aiohttp_client: ClientFactory, silent_and_live: tuple[Silent, Upstream]
 ) -> None:
     silent, live = silent_and_live
-    # Checks far apart and no passive ejection: every second request meets the frozen one.
+    # No check ends during the test and no passive ejection: every second request meets the
+    # frozen one.
     app = _balancer(
         [silent.address, live.address],
         health_interval=60.0,
+        health_timeout=60.0,
         first_byte_timeout=0.3,
         outlier_failures=99,
     )
