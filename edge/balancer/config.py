@@ -11,7 +11,8 @@ gateway replicas for static discovery):
                                  whose hash header is honoured; it is dropped from the others'
                                  requests (default: none; the embedded stack sets 127.0.0.1/32)
 ``BALANCER_HEALTH_PATH``         active health check path (default ``/readyz``)
-``BALANCER_HEALTH_INTERVAL``     seconds between checks of each instance (default 0.2)
+``BALANCER_HEALTH_INTERVAL``     seconds between checks of each instance (default 0.1; none
+                                 while an instance is between states)
 ``BALANCER_HEALTH_TIMEOUT``      deadline of one check (default 0.3); a check that times out
                                  while requests to the instance wait and not one byte came
                                  from it since the check began takes it out at once
@@ -65,7 +66,7 @@ class BalancerConfig:
     hash_header: str | None = None
     trusted_peers: TrustedNetworks = field(default_factory=TrustedNetworks)
     health_path: str = "/readyz"
-    health_interval: float = 0.2
+    health_interval: float = 0.1
     health_timeout: float = 0.3
     health_fall: int = 2
     health_rise: int = 2
@@ -103,7 +104,7 @@ class BalancerConfig:
                 e.get("BALANCER_TRUSTED_PEERS", ""), "BALANCER_TRUSTED_PEERS"
             ),
             health_path=e.get("BALANCER_HEALTH_PATH") or "/readyz",
-            health_interval=env_float(e, "BALANCER_HEALTH_INTERVAL", 0.2, minimum=0.01),
+            health_interval=env_float(e, "BALANCER_HEALTH_INTERVAL", 0.1, minimum=0.01),
             health_timeout=env_float(e, "BALANCER_HEALTH_TIMEOUT", 0.3, minimum=0.01),
             health_fall=env_int(e, "BALANCER_HEALTH_FALL", 2, minimum=1),
             health_rise=env_int(e, "BALANCER_HEALTH_RISE", 2, minimum=1),

@@ -10,12 +10,16 @@ in the last ``EVENTS_KEPT`` events the admin API's ``GET /ejections`` lists):
                           check's): at once, as HAProxy's ``observe layer4`` does.
 ``unresponsive``          an active check timed out while a request to it had waited for its
                           answer at least half the check's timeout and not one byte came
-                          from it in that time, on any connection: at once. That is a frozen process under load (SIGSTOP, a blocked
-                          event loop); a slow but living one keeps sending bytes. Its waiting
-                          safe requests are failed at once, so the proxy repeats them elsewhere
-                          rather than letting them wait for the first-byte timeout.
+                          from it in that time, on any connection: at once. That is a frozen
+                          process under load (SIGSTOP, a blocked event loop); a slow but living
+                          one keeps sending bytes. Its waiting safe requests are failed at
+                          once, so the proxy repeats them elsewhere rather than letting them
+                          wait for the first-byte timeout.
 ``health_check``          ``fall`` failed checks in a row (``GET /readyz`` every interval, like
-                          HAProxy's ``check inter fall rise``), e.g. a draining instance.
+                          HAProxy's ``check inter fall rise``), e.g. a draining instance. As
+                          HAProxy's ``fastinter``, an instance between states (in rotation
+                          with a failed check, or out with a passed one) is checked again at
+                          once rather than after the interval.
 ``consecutive_failures``  ``outlier_failures`` requests in a row failed (5xx, reset, no first
                           byte in time), Envoy's consecutive-5xx outlier detection. This one
                           never takes out the last instance in rotation: one bad dependency
@@ -311,4 +315,10 @@ class UpstreamPool:
             instances = self._all
             if instances:
                 await asyncio.gather(*(self._check(session, i) for i in instances))
-            await asyncio.sleep(self.config.health_interval)
+            if not self._changing():
+                await asyncio.sleep(self.config.health_interval)
+
+    def _changing(self) -> bool:
+        """An instance is between states: in rotation after a failed check, or out after a
+        passed one (checked again at once, as HAProxy's ``fastinter``)."""
+        return any(h.fails if h.up else h.passes for h in self._health.values())
