@@ -14,17 +14,20 @@ in the last ``EVENTS_KEPT`` events the admin API's ``GET /ejections`` lists):
                           process under load (SIGSTOP, a blocked event loop); a slow but living
                           one keeps sending bytes. Its waiting safe requests are failed at
                           once, so the proxy repeats them elsewhere rather than letting them
-                          wait for the first-byte timeout.
+                          wait for the first-byte timeout. Never the last instance in rotation:
+                          a living gateway serving alone on a loaded machine can stall that
+                          long too (seen once in six runs), and then the panic below would
+                          send requests to the one really frozen. ``fall`` still applies.
 ``health_check``          ``fall`` failed checks in a row (``GET /readyz`` every interval, like
                           HAProxy's ``check inter fall rise``), e.g. a draining instance. As
                           HAProxy's ``fastinter``, an instance between states (in rotation
                           with a failed check, or out with a passed one) is checked again at
                           once rather than after the interval.
 ``consecutive_failures``  ``outlier_failures`` requests in a row failed (5xx, reset, no first
-                          byte in time), Envoy's consecutive-5xx outlier detection. This one
-                          never takes out the last instance in rotation: one bad dependency
-                          behind every gateway makes them all answer 5xx, and ejecting them all
-                          would help nobody.
+                          byte in time), Envoy's consecutive-5xx outlier detection. Never the
+                          last instance in rotation either: one bad dependency behind every
+                          gateway makes them all answer 5xx, and ejecting them all would help
+                          nobody.
 
 Whatever took it out, an instance comes back only after ``rise`` checks in a row pass
 (``readmitted`` in the events). Draining needs no extra state: an instance that left discovery
@@ -59,7 +62,7 @@ _log = get_logger("edge.balancer.pool")
 EVENTS_KEPT = 256
 """Ejection and readmission events kept for ``GET /ejections`` (oldest dropped first)."""
 REASONS = ("connect_error", "unresponsive", "health_check", "consecutive_failures")
-SOFT_REASONS = frozenset({"consecutive_failures"})
+SOFT_REASONS = frozenset({"consecutive_failures", "unresponsive"})
 """Reasons that never take out the last instance in rotation."""
 
 
@@ -224,6 +227,7 @@ class UpstreamPool:
             i.id != instance_id for i in self._eligible
         ):  # the last one in rotation stays
             health.live_fails = 0
+            _log.info("upstream_kept", upstream=instance_id, reason=reason, why="last in rotation")
             return
         now = self._clock()
         health.up = False
@@ -285,7 +289,7 @@ class UpstreamPool:
         health.fails += 1
         if health.up and at_once is not None:
             self._set_down(instance.id, at_once)
-        elif health.up and health.fails >= self.config.health_fall:
+        if health.up and health.fails >= self.config.health_fall:
             self._set_down(instance.id, "health_check")
 
     async def _check(self, session: aiohttp.ClientSession, instance: Instance) -> None:

@@ -151,10 +151,24 @@ def test_live_failures_never_eject_the_last_instance_in_rotation() -> None:
     assert list(pool.candidates()) == [b]
 
 
+def test_an_unresponsive_check_never_ejects_the_last_instance_but_fall_does() -> None:
+    pool, (a, b), _ = _pool()
+    client = _Client(stalled=True)
+    pool.client = client
+    pool.connect_failed(a)
+    pool.check_result(b, False, at_once="unresponsive")
+    assert pool.is_up(b)  # alone in rotation: a stall is not taken for a freeze
+    assert client.aborted == []
+    pool.check_result(b, False, at_once="unresponsive")
+    assert not pool.is_up(b)  # two failed checks in a row (fall): out, whatever is left
+    assert [e.reason for e in pool.events] == ["connect_error", "health_check"]
+
+
 def test_every_instance_out_means_panic_over_all_of_them() -> None:
     pool, (a, b), _ = _pool()
     pool.connect_failed(a)
-    pool.check_result(b, False, at_once="unresponsive")
+    pool.check_result(b, False)
+    pool.check_result(b, False)
     assert not pool.is_up(a)
     assert not pool.is_up(b)
     assert list(pool.candidates()) == [a, b]  # tried rather than a 502 without trying
