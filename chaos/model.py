@@ -51,6 +51,7 @@ __all__ = [
     "BlastRadius",
     "CanarySpec",
     "DeployStep",
+    "EjectionProbe",
     "Experiment",
     "FaultSpec",
     "FaultStep",
@@ -215,8 +216,20 @@ class AuditProbe(_Probe):
     when: tuple[When, ...] = ("after",)
 
 
+class EjectionProbe(_Probe):
+    """Seconds from the named fault's application until the load balancer took the faulted
+    instance out of rotation, read from the balancer's admin API (``GET /ejections``: when
+    and why each instance left). No value if it was never taken out; the slowest one when
+    the fault hit several instances."""
+
+    type: Literal["ejection"]
+    fault: str = Field(min_length=1)
+    when: tuple[When, ...] = ("after",)
+
+
 ProbeSpec = Annotated[
-    PrometheusProbe | HttpProbe | LocustProbe | AuditProbe, Field(discriminator="type")
+    PrometheusProbe | HttpProbe | LocustProbe | AuditProbe | EjectionProbe,
+    Field(discriminator="type"),
 ]
 
 

@@ -1088,6 +1088,8 @@ def _probe_kind(spec: Mapping[str, Any]) -> str:
         return f"HTTP {_s(spec.get('method'), 'GET')} {_s(spec.get('url'))}"
     if kind == "audit":
         return "data audit across services"
+    if kind == "ejection":
+        return f"seconds from {_s(spec.get('fault'))} to the balancer's ejection of its instance"
     return kind
 
 

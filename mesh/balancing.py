@@ -124,14 +124,15 @@ class Balancer:
         if not instances:
             raise NoInstanceError("no instances known")
         self._observe(instances)
-        now = self._clock()
         candidates: Sequence[Instance] = instances
         if exclude:
             excluded = {i.id for i in exclude}
             candidates = [i for i in instances if i.id not in excluded] or instances
-        healthy = [i for i in candidates if not self._ejected_at(i.id, now)]
-        if healthy:
-            candidates = healthy
+        if self.outlier is not None:  # without a policy nothing is ever ejected
+            now = self._clock()
+            healthy = [i for i in candidates if not self._ejected_at(i.id, now)]
+            if healthy:
+                candidates = healthy
         if self._shares and len(candidates) > 1:
             candidates = self._by_share(candidates)
         if len(candidates) == 1:
