@@ -14,13 +14,15 @@ does it:
   whole within it gets a 408 and the connection closes (aiohttp only has its keep-alive
   timer). Not timed: a partial head pipelined behind a whole request in one segment (it
   waits for the keep-alive timeout, as on plain aiohttp).
-- ``install_body_deadline``: a request body must be whole within ``request_timeout`` of
+- ``install_request_guard``: a request body must be whole within ``request_timeout`` of
   its head. One of known length up to ``WAITED_BODY`` is waited for before the handler
   runs, so the handler never sees a partial body and makes no upstream call; a larger or
   chunked one is streamed as it comes (as HAProxy does without ``option
   http-buffer-request``) and the handler is cancelled at the deadline if it is not whole
   (its upstream connection closes mid-request: the upstream never gets a whole request).
-  Either way the client gets a 408 and the connection closes.
+  Either way the client gets a 408 and the connection closes. And an HTTP error raised
+  outside the app's middleware (the router's ``Expect`` handler's 417) is answered in the
+  app's shape too.
 - ``ShapedRunner``: an ``AppRunner`` whose server makes ``ShapedRequestHandler``s
   (``observability.app`` serves every app with one).
 """
@@ -45,7 +47,7 @@ __all__ = [
     "ShapedRequestHandler",
     "ShapedRunner",
     "ShapedServer",
-    "install_body_deadline",
+    "install_request_guard",
 ]
 
 FRONT_LIMITS_KEY: Final = web.AppKey("front_limits", FrontLimits)
@@ -206,25 +208,44 @@ class ShapedRunner(web.AppRunner):
         return ShapedServer(plain, self._shape, self._request_timeout)
 
 
-def install_body_deadline(server: web.Server, timeout: float, shape: ErrorShape) -> None:
-    """Put the body deadline (module docstring) in front of ``server``'s request handler."""
+def install_request_guard(server: web.Server, timeout: float, shape: ErrorShape) -> None:
+    """Put the body deadline and the shaping of HTTP errors raised outside the middleware
+    (module docstring) in front of ``server``'s request handler."""
     inner: _Handler = server.request_handler
 
     async def body_first(request: BaseRequest) -> web.StreamResponse:
-        content = request.content
-        if content.is_eof():  # no body, or all of it here (the common case)
-            return await inner(request)
-        length = request.content_length
-        if length is not None and length <= WAITED_BODY and "Expect" not in request.headers:
-            try:
-                async with asyncio.timeout(timeout):
-                    await content.wait_eof()
-            except TimeoutError:
-                return await _late(request, shape, timeout)
-            return await inner(request)
-        return await _watched(request, inner, timeout, shape)
+        try:
+            content = request.content
+            if content.is_eof():  # no body, or all of it here (the common case)
+                return await inner(request)
+            length = request.content_length
+            if length is not None and length <= WAITED_BODY and "Expect" not in request.headers:
+                try:
+                    async with asyncio.timeout(timeout):
+                        await content.wait_eof()
+                except TimeoutError:
+                    return await _late(request, shape, timeout)
+                return await inner(request)
+            return await _watched(request, inner, timeout, shape)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _from_http_error(exc, shape)
 
     server.request_handler = body_first
+
+
+def _from_http_error(exc: web.HTTPException, shape: ErrorShape) -> web.StreamResponse:
+    """An HTTP error raised outside the app's middleware, in ``shape`` (its headers kept)."""
+    trace_id = new_trace_id()
+    text = exc.text or ""
+    detail = exc.reason if text in ("", f"{exc.status}: {exc.reason}") else text
+    _log.info("request_refused", status=exc.status, detail=detail, trace_id=trace_id)
+    response = _shaped(shape, exc.status, detail, trace_id)
+    for name, value in exc.headers.items():
+        if name.lower() not in ("content-type", "content-length"):
+            response.headers[name] = value
+    return response
 
 
 async def _watched(
