@@ -58,6 +58,7 @@ WAITED_BODY: Final = 65536
 """Bodies of known length up to this are waited for whole before the handler runs: below
 the 128 KiB at which aiohttp's ``StreamReader`` stops reading until the handler reads."""
 
+_EXPECT: Final = "Expect"
 _log = get_logger("edge.front.guard")
 _Handler = Callable[[BaseRequest], Awaitable[web.StreamResponse]]  # aiohttp's request_handler
 
@@ -213,13 +214,20 @@ def install_request_guard(server: web.Server, timeout: float, shape: ErrorShape)
     (module docstring) in front of ``server``'s request handler."""
     inner: _Handler = server.request_handler
 
-    async def body_first(request: BaseRequest) -> web.StreamResponse:
+    def body_first(request: BaseRequest) -> Awaitable[web.StreamResponse]:
+        # The common case, no body or all of it here and no Expect (whose handler may raise
+        # outside the middleware), costs no coroutine of its own.
+        if request.content.is_eof() and _EXPECT not in request.headers:
+            return inner(request)
+        return guarded(request)
+
+    async def guarded(request: BaseRequest) -> web.StreamResponse:
         try:
             content = request.content
-            if content.is_eof():  # no body, or all of it here (the common case)
+            if content.is_eof():
                 return await inner(request)
             length = request.content_length
-            if length is not None and length <= WAITED_BODY and "Expect" not in request.headers:
+            if length is not None and length <= WAITED_BODY and _EXPECT not in request.headers:
                 try:
                     async with asyncio.timeout(timeout):
                         await content.wait_eof()
@@ -266,9 +274,8 @@ async def _watched(
     try:
         response: web.StreamResponse = await inner(request)
     except asyncio.CancelledError:
-        if not late:
+        if not late or task.uncancel() > 0:  # cancelled for another reason too
             raise
-        task.uncancel()
     else:
         if not late:
             return response
