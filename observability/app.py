@@ -244,7 +244,7 @@ async def _listening(
     runner = ShapedRunner(
         app,
         shape=shape,
-        request_timeout=None if limits is None else limits.request_timeout,
+        limits=limits,
         handle_signals=False,
         access_log=None,
         shutdown_timeout=drain_seconds,

@@ -10,10 +10,11 @@ does it:
 - ``ShapedRequestHandler`` answers aiohttp's own errors (the parser's 400s, the 500 of a
   handler that failed outside the middleware) in the app's ``ErrorShape``, problem+json at
   the edge, with a new trace id (no span exists for a request that could not be read) that
-  its log line (``request_refused``) carries too. With a ``request_timeout``, a head not
-  whole within it gets a 408 and the connection closes (aiohttp only has its keep-alive
-  timer). Not timed: a partial head pipelined behind a whole request in one segment (it
-  waits for the keep-alive timeout, as on plain aiohttp).
+  its log line (``request_refused``) carries too. With the front's limits, a head not
+  whole within ``request_timeout`` gets a 408 and the connection closes (aiohttp only has
+  its keep-alive timer; not timed: a partial head pipelined behind a whole request in one
+  segment, which waits for the keep-alive timeout), and a connection whose answers stay
+  unread for ``write_timeout`` is aborted (aiohttp would wait for the client for ever).
 - ``install_request_guard``: a request body must be whole within ``request_timeout`` of
   its head. One of known length up to ``WAITED_BODY`` is waited for before the handler
   runs, so the handler never sees a partial body and makes no upstream call; a larger or
@@ -84,20 +85,30 @@ def _shaped(shape: ErrorShape, status: int, detail: str, trace_id: str) -> web.R
 class ShapedRequestHandler(RequestHandler):
     """aiohttp's connection handler, its own answers in ``shape`` and its heads timed."""
 
-    __slots__ = ("_armed", "_head_timer", "_last_payload", "_request_timeout", "_shape")
+    __slots__ = (
+        "_armed",
+        "_head_timer",
+        "_last_payload",
+        "_request_timeout",
+        "_shape",
+        "_write_timeout",
+        "_write_timer",
+    )
 
     def __init__(
         self,
         manager: web.Server,
         *,
         shape: ErrorShape,
-        request_timeout: float | None,
+        limits: FrontLimits | None,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
         self._shape = shape
-        self._request_timeout = request_timeout
+        self._request_timeout = None if limits is None else limits.request_timeout
+        self._write_timeout = None if limits is None else limits.write_timeout
         self._head_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
         self._armed = 0
         self._last_payload: Any = None
 
@@ -155,10 +166,30 @@ class ShapedRequestHandler(RequestHandler):
         self.transport.write(refusal(self._shape, 408, detail, trace_id))
         self.force_close()
 
+    # -- answers left unread ------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timeout is not None and self._write_timer is None:
+            self._write_timer = self._loop.call_later(self._write_timeout, self._write_late)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_late(self) -> None:
+        self._write_timer = None
+        if self.transport is not None:
+            _log.info("slow_reader_aborted", write_timeout=self._write_timeout)
+            self.transport.abort()  # close() would wait for the flush
+
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        for timer in (self._head_timer, self._write_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._write_timer = None
         self._last_payload = None
         super().connection_lost(exc)
 
@@ -166,7 +197,7 @@ class ShapedRequestHandler(RequestHandler):
 class ShapedServer(web.Server):
     """aiohttp's ``Server`` (the protocol factory) making ``ShapedRequestHandler``s."""
 
-    def __init__(self, plain: web.Server, shape: ErrorShape, request_timeout: float | None) -> None:
+    def __init__(self, plain: web.Server, shape: ErrorShape, limits: FrontLimits | None) -> None:
         # aiohttp keeps the handler's arguments in ``_kwargs`` and builds the handler
         # itself (``Server.__call__``); the same, with a handler of ours.
         super().__init__(
@@ -177,36 +208,37 @@ class ShapedServer(web.Server):
             **plain._kwargs,
         )
         self.shape = shape
-        self.request_timeout = request_timeout
+        self.limits = limits
 
     def __call__(self) -> RequestHandler:
         return ShapedRequestHandler(
             self,
             shape=self.shape,
-            request_timeout=self.request_timeout,
+            limits=self.limits,
             loop=self._loop,
             **self._kwargs,
         )
 
 
 class ShapedRunner(web.AppRunner):
-    """An ``AppRunner`` whose server is a ``ShapedServer``."""
+    """An ``AppRunner`` whose server is a ``ShapedServer`` (``limits``: the front's, at the
+    edge; None elsewhere: aiohttp's waits)."""
 
     def __init__(
         self,
         app: web.Application,
         *,
         shape: ErrorShape,
-        request_timeout: float | None,
+        limits: FrontLimits | None,
         **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
         self._shape = shape
-        self._request_timeout = request_timeout
+        self._limits = limits
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
-        return ShapedServer(plain, self._shape, self._request_timeout)
+        return ShapedServer(plain, self._shape, self._limits)
 
 
 def install_request_guard(server: web.Server, timeout: float, shape: ErrorShape) -> None:

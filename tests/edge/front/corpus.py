@@ -392,5 +392,14 @@ CORPUS: tuple[Case, ...] = (
         get("/big") * 100,
         wait=5.0,
         read=False,
+        closes=True,
+    ),
+    one(
+        "slow clients",
+        "slow reader after a hand-off to aiohttp: 100 HTTP/1.0 GETs of 64 KB, never read",
+        get("/big", "Connection: keep-alive", version="HTTP/1.0") * 100,
+        wait=5.0,
+        read=False,
+        closes=True,
     ),
 )

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -29,6 +31,7 @@ from tests.support.processes import free_port
 
 LIMITS = FrontLimits(request_timeout=0.5, keepalive_timeout=5.0)
 TRACE_ID = re.compile(r"[0-9a-f]{32}")
+BIG = 1 << 20
 
 
 @dataclass
@@ -43,6 +46,7 @@ class Calls:
 class Served:
     port: int
     calls: Calls
+    server: web.Server
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         async with asyncio.timeout(DEADLINE):
@@ -57,7 +61,7 @@ async def serve(process: ProcessConfig) -> AsyncIterator[Serve]:
     """Serve an app (an edge app with ``LIMITS`` unless ``edge=False``) as ``run`` does."""
     async with contextlib.AsyncExitStack() as stack:
 
-        async def start(*, edge: bool = True) -> Served:
+        async def start(*, edge: bool = True, limits: FrontLimits = LIMITS) -> Served:
             app = create_base_app(
                 process,
                 registry=CollectorRegistry(),
@@ -65,21 +69,32 @@ async def serve(process: ProcessConfig) -> AsyncIterator[Serve]:
                 error_shape=PROBLEM_ERRORS if edge else RPC_ERRORS,
             )
             if edge:
-                app[FRONT_LIMITS_KEY] = LIMITS
+                app[FRONT_LIMITS_KEY] = limits
             calls = Calls()
 
             async def echo(request: web.Request) -> web.Response:
                 calls.started.append(request.path)
                 body = await request.read()  # as the gateway reads: content, whole
                 calls.bodies.append(body)
+                if request.path == "/big":
+                    return web.Response(body=b"b" * BIG)
                 return web.Response(body=b"%d" % len(body))
 
             app.router.add_route("*", "/{tail:.*}", echo)
             port = free_port()
-            await stack.enter_async_context(_listening(app, "127.0.0.1", port, 1.0))
-            return Served(port, calls)
+            runner = await stack.enter_async_context(_listening(app, "127.0.0.1", port, 1.0))
+            assert runner.server is not None
+            return Served(port, calls, runner.server)
 
         yield start
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(DEADLINE * 2):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.05)
 
 
 def assert_problem(answer: Answer, status: int) -> None:
@@ -192,3 +207,18 @@ async def test_a_body_in_time_is_served_and_the_connection_kept(serve: Serve) ->
     writer.write(b"0\r\n\r\n")
     assert (await read_answer(reader)).body == b"3"
     assert server.calls.bodies == [b"abcdefghij", b"abcdefghij", b"abc"]
+
+
+async def test_a_client_that_does_not_read_its_answers_is_aborted(serve: Serve) -> None:
+    """aiohttp would wait for the flush for ever; the front's write timeout cuts it."""
+    server = await serve(limits=dataclasses.replace(LIMITS, write_timeout=0.5))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    try:
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n" * 20)  # 20 MB, never read
+        await eventually(lambda: bool(server.calls.started))
+        await eventually(lambda: not server.server.connections)
+    finally:
+        sock.close()
+    assert len(server.calls.started) < 20  # cut while it still had answers to write
