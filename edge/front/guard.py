@@ -140,11 +140,17 @@ class ShapedRequestHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         count = self._request_count
         super().data_received(data)
-        if self._request_timeout is None or self._head_timer is not None:
+        if self._request_timeout is None:
             return
         if self._request_count != count:  # a head came whole (its body may follow)
             self._last_payload = self._messages[-1][1] if self._messages else None
             return
+        timer = self._head_timer
+        if timer is not None:
+            if self._armed == count:
+                return  # the head being timed goes on arriving
+            timer.cancel()  # timing a head that has come since
+            self._head_timer = None
         payload = self._last_payload
         if payload is not None and not payload.is_eof():
             return  # body bytes of the request in progress, timed by the body deadline

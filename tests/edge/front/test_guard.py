@@ -222,3 +222,17 @@ async def test_a_client_that_does_not_read_its_answers_is_aborted(serve: Serve) 
     finally:
         sock.close()
     assert len(server.calls.started) < 20  # cut while it still had answers to write
+
+
+async def test_a_head_that_stops_on_a_kept_alive_connection_gets_a_408(serve: Serve) -> None:
+    """The second head is timed from its own first byte (the first head's timer is over)."""
+    server = await serve()
+    reader, writer = await server.connect()
+    writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\n")
+    await asyncio.sleep(LIMITS.request_timeout / 5)
+    writer.write(b"\r\n")
+    assert (await read_answer(reader)).status == 200
+    writer.write(b"GET /y HTTP/1.1\r\nHost: a\r\nX-a: ")
+    assert_problem(await read_answer(reader), 408)
+    await expect_eof(reader)
+    assert server.calls.started == ["/x"]
