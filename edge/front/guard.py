@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -110,7 +111,7 @@ class ShapedRequestHandler(RequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
         self._armed = 0
-        self._last_payload: Any = None
+        self._last_payload: StreamReader | None = None
 
     def handle_error(
         self,
