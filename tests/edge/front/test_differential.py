@@ -36,7 +36,7 @@ from tests.edge.front.targets import (
 )
 
 pytestmark = [
-    pytest.mark.slow,  # HAProxy and five servers; ~60 s
+    pytest.mark.slow,  # HAProxy and five servers; ~80 s
     pytest.mark.skipif(
         shutil.which("haproxy") is None,
         reason="haproxy is missing: `apt-get install -y haproxy` (scripts/setup.sh installs it)",
