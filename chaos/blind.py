@@ -77,6 +77,8 @@ MERGE_GAP_S = 3
 MARGIN_S = 2
 MIN_BASELINE_S = 4
 MIN_EVENTS = 3
+BASELINE_EVENTS = 5
+"""Events before a second that make its own baseline (fewer: the whole run's rate)."""
 JUDGE_MIN_S = 4.0
 """Suspects are judged over at least this long from the window's start (a sparse fault's
 seconds are not all alarms: at one call a second, a 2 s window holds too few to judge)."""
@@ -337,7 +339,8 @@ class _Binned:
     counts: list[int]
     marks: dict[str, list[int]]
     """Per kind of bad event (error, lost, slow): how many per second."""
-    rates: dict[str, float]
+    rates: dict[str, list[float]]
+    """Per kind, per second: the rate a scan starting in that second is judged against."""
     timed: list[int]
     """Events per second whose time was judged (slow or not)."""
 
@@ -358,16 +361,31 @@ def _binned(series: _Series, t0: float, bins: int) -> _Binned:
         "lost": lambda e: e.lost,
         "slow": slow,
     }
+    counts = [len(b) for b in per_bin]
+    marks = {k: [sum(bool(bad(e)) for e in b) for b in per_bin] for k, bad in kinds.items()}
     return _Binned(
-        counts=[len(b) for b in per_bin],
-        marks={k: [sum(bool(bad(e)) for e in b) for b in per_bin] for k, bad in kinds.items()},
-        # The entity's own rate over the whole run: a fault holds less than half of it.
+        counts=counts,
+        marks=marks,
         rates={
-            k: max(ALARM_RATE_FLOOR, statistics.median(_rates(per_bin, bad)))
+            k: _baselines(counts, marks[k], statistics.median(_rates(per_bin, bad)))
             for k, bad in kinds.items()
         },
         timed=[sum(e.ms is not None and e.key in limits for e in b) for b in per_bin],
     )
+
+
+def _baselines(counts: Sequence[int], marks: Sequence[int], whole: float) -> list[float]:
+    """Per second, the rate of bad events a scan starting there is judged against: the
+    entity's rate over the whole run (a fault holds less than half of it), or its own rate
+    before that second when lower (a change is against what came before: a sparse series
+    that its callers stop using after a fault keeps the fault's rate to the end)."""
+    out: list[float] = []
+    n = k = 0
+    for count, bad in zip(counts, marks, strict=True):
+        out.append(max(ALARM_RATE_FLOOR, min(whole, k / n) if n >= BASELINE_EVENTS else whole))
+        n += count
+        k += bad
+    return out
 
 
 def _bin_alarms(b: _Binned, host_slow: Sequence[int], host_timed: Sequence[int]) -> list[float]:
@@ -390,7 +408,7 @@ def _bin_alarms(b: _Binned, host_slow: Sequence[int], host_timed: Sequence[int])
             if n:
                 for kind, marks in b.marks.items():
                     k = sum(marks[j] for j in span)
-                    p = b.rates[kind]
+                    p = b.rates[kind][i]
                     if kind == "slow":
                         others_slow = sum(host_slow[j] - marks[j] for j in span)
                         others = sum(host_timed[j] - b.timed[j] for j in span)

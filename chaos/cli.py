@@ -229,7 +229,7 @@ def rca_bench_cmd(
     """Run the fault catalogue on fresh stacks; localise each fault blind; AC@1/AC@3/Avg@5."""
     import time
 
-    from chaos.rcabench import bench_cases, run_bench, score_bench
+    from chaos.rcabench import FULL, SMOKE, bench_cases, run_bench, score_bench
 
     def progress(line: str) -> None:
         click.echo(line)
@@ -242,7 +242,14 @@ def rca_bench_cmd(
             folder = (out or Path("runs") / time.strftime("rca-bench-%Y%m%d-%H%M%S")).resolve()
             click.echo(f"{len(cases)} cases, seed {seed}, folder {folder}")
             result = asyncio.run(
-                run_bench(folder, cases, seed=seed, base_port=base_port, progress=progress)
+                run_bench(
+                    folder,
+                    cases,
+                    seed=seed,
+                    base_port=base_port,
+                    progress=progress,
+                    timing=SMOKE if quick else FULL,
+                )
             )
     except (ValueError, ConfigError) as exc:
         click.echo(f"rca-bench: {exc}", err=True)

@@ -7,18 +7,21 @@ agree):
 - ``resilience.<component>=none|basic|full`` (the component's outbound-call profile);
 - ``consistency=saga|naive`` (every service: the checkout saga runs in one mode);
 - ``instances.<component>=N``;
-- ``topology=FILE`` (another topology, e.g. the monolith baseline).
+- ``topology=FILE`` (another topology, e.g. the monolith baseline);
+- ``env.<component>.<NAME>=VALUE`` (a setting of that component's processes, e.g.
+  ``env.orders.TESTBED_RETRY_BUDGET=off``).
 
 Each variant gets its own stack (brought up, the experiment run, torn down), so the variants
 cannot contaminate each other. One report, ``compare.html``, puts them side by side: a table of
-the verdict, error ratio, p50/p99, throughput, audit, detection and location per variant, the timelines stacked, and a
-sentence naming the biggest difference.
+the verdict, error ratio, p50/p99, throughput, audit, detection and location per variant, the
+timelines stacked, and a sentence naming the biggest difference.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,10 +39,12 @@ from mesh.errors import ConfigError, TestbedError
 
 __all__ = [
     "Metrics",
+    "Probe",
     "Variant",
     "difference_sentence",
     "metrics_of",
     "parse_variant",
+    "probe_rows",
     "run_compare",
     "variant_experiment",
     "variant_topology",
@@ -48,6 +53,7 @@ __all__ = [
 STACK_READY_S = 240.0
 """How long a fresh stack may take to be ready (a loaded 2-core machine needs well over 90 s)."""
 _MODES = {"resilience": ("none", "basic", "full"), "consistency": ("saga", "naive")}
+_ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -59,12 +65,14 @@ class Variant:
     consistency: str | None = None
     instances: dict[str, int] = field(default_factory=dict)
     topology: Path | None = None
+    env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def describe(self) -> str:
         parts = [f"resilience.{c}={m}" for c, m in self.resilience.items()]
         parts += [f"consistency={self.consistency}"] if self.consistency else []
         parts += [f"instances.{c}={n}" for c, n in self.instances.items()]
         parts += [f"topology={self.topology}"] if self.topology else []
+        parts += [f"env.{c}.{k}={v}" for c, kv in self.env.items() for k, v in kv.items()]
         return ", ".join(parts) or "as the experiment requires"
 
 
@@ -80,6 +88,7 @@ def parse_variant(text: str) -> Variant:
     instances: dict[str, int] = {}
     consistency: str | None = None
     topology: Path | None = None
+    env: dict[str, dict[str, str]] = {}
     for part in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = part.partition("=")
         key, value = key.strip(), value.strip()
@@ -100,6 +109,14 @@ def parse_variant(text: str) -> Variant:
             if not value.isdigit() or not 1 <= int(value) <= 10:
                 raise ConfigError(f"variant {name!r}: instances {value!r}; use a count 1-10")
             instances[comp] = int(value)
+        elif head == "env" and dot and comp:
+            component, dot2, var = comp.partition(".")
+            if not dot2 or not component or not _ENV_NAME.fullmatch(var):
+                raise ConfigError(
+                    f"variant {name!r}: {key!r}; write env.<component>.<NAME>=VALUE"
+                    " (NAME in capitals, e.g. env.orders.TESTBED_RETRY_BUDGET=off)"
+                )
+            env.setdefault(component, {})[var] = value
         elif key == "topology":
             topology = Path(value)
             if not topology.is_file():
@@ -107,9 +124,9 @@ def parse_variant(text: str) -> Variant:
         else:
             raise ConfigError(
                 f"variant {name!r}: unknown setting {key!r}; use resilience.<component>, "
-                "consistency, instances.<component> or topology"
+                "consistency, instances.<component>, topology or env.<component>.<NAME>"
             )
-    return Variant(name, resilience, consistency, instances, topology)
+    return Variant(name, resilience, consistency, instances, topology, env)
 
 
 def variant_experiment(exp: Experiment, variant: Variant) -> Experiment:
@@ -138,6 +155,13 @@ def variant_topology(base: Topology, exp: Experiment, variant: Variant) -> Topol
     topo = topology_for(base, exp)
     for comp, count in variant.instances.items():
         topo = topo.with_instances(comp, count)
+    for comp, settings in variant.env.items():
+        if comp not in topo.components:
+            raise ConfigError(
+                f"variant {variant.name!r}: no component {comp!r} in the topology; "
+                f"known: {', '.join(topo.components)}"
+            )
+        topo = topo.with_env(comp, settings)
     return topo
 
 
@@ -158,6 +182,23 @@ class Metrics:
     """When an alert saw the fault: ``1.8 s`` after it was applied, ``no``; ``-``: no fault."""
     located: str = "-"
     """Whether the traces located the fault (``yes (#1)``, ``no (#3)``, ``undetermined``)."""
+    probes: dict[str, Probe] = field(default_factory=dict)
+    """The experiment's own measures at the end (steady state after, verify), by name."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A probe's last value in a variant's run, and whether it met its tolerance."""
+
+    value: float | None
+    ok: bool | None
+    tolerance: str
+
+    def describe(self) -> str:
+        if self.value is None:
+            return "-"
+        mark = "" if self.ok is None else (" ok" if self.ok else f" (wanted {self.tolerance})")
+        return f"{self.value:,.4g}{mark}"
 
 
 def metrics_of(variant: str, journal: dict[str, Any], result: RunResult | None) -> Metrics:
@@ -183,7 +224,23 @@ def metrics_of(variant: str, journal: dict[str, Any], result: RunResult | None) 
         audit=(result.audit if result is not None and result.audit else "-"),
         detected=(result.detected if result is not None and result.detected else "-"),
         located=(result.located if result is not None and result.located else "-"),
+        probes=_final_probes(journal),
     )
+
+
+def _final_probes(journal: dict[str, Any]) -> dict[str, Probe]:
+    out: dict[str, Probe] = {}
+    for entry in journal.get("probes") or []:
+        if entry.get("phase") not in ("steady_state:after", "verify:after"):
+            continue
+        value = entry.get("value")
+        ok = entry.get("ok")
+        out[str(entry.get("name"))] = Probe(
+            float(value) if isinstance(value, int | float) else None,
+            ok if isinstance(ok, bool) else None,
+            str(entry.get("tolerance") or ""),
+        )
+    return out
 
 
 def _ratio_words(a: float, b: float) -> str:
@@ -225,6 +282,19 @@ def difference_sentence(rows: Sequence[Metrics]) -> str:
                     f"{other.variant}",
                 )
             )
+        for probe, ours in base.probes.items():
+            theirs = other.probes.get(probe)
+            if theirs is None or ours.ok is None or theirs.ok is None or ours.ok == theirs.ok:
+                continue
+            if ours.value is None or theirs.value is None:
+                continue
+            candidates.append(
+                (
+                    40.0,
+                    f"{probe} is {ours.value:,.4g} with {base.variant} against "
+                    f"{theirs.value:,.4g} with {other.variant} (wanted {ours.tolerance})",
+                )
+            )
         if base.audit != other.audit:
             candidates.append(
                 (
@@ -240,6 +310,21 @@ def difference_sentence(rows: Sequence[Metrics]) -> str:
         return "The variants behaved alike: no measure differs by more than 20%."
     text = best[1]
     return text[0].upper() + text[1:] + "."
+
+
+def probe_rows(rows: Sequence[Metrics]) -> list[tuple[str, list[str]]]:
+    """Each probe of any variant, with its value per variant (``-``: not measured there)."""
+    names: list[str] = []
+    for m in rows:
+        names += [n for n in m.probes if n not in names]
+    return [(n, [m.probes[n].describe() if n in m.probes else "-" for m in rows]) for n in names]
+
+
+def _probe_table(rows: Sequence[Metrics]) -> Table:
+    table = Table("probe", *(m.variant for m in rows))
+    for name, cells in probe_rows(rows):
+        table.add_row(name, *cells)
+    return table
 
 
 def _summary_table(rows: Sequence[Metrics]) -> Table:
@@ -337,6 +422,8 @@ async def run_compare(
     sentence = difference_sentence(rows)
     console.width = max(console.width, 120)  # the table is the result: never squeezed
     console.print(_summary_table(rows))
+    if any(m.probes for m in rows):
+        console.print(_probe_table(rows))
     console.print(sentence)
     page = await asyncio.to_thread(
         write_compare_report,
@@ -347,5 +434,6 @@ async def run_compare(
         rows=[m.__dict__ for m in rows],
         journals=journals,
         sentence=sentence,
+        probes=probe_rows(rows),
     )
     return rows, page

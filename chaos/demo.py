@@ -45,7 +45,15 @@ from mesh.errors import ConfigError
 
 __all__ = ["DEMO_EXPERIMENTS", "demo", "fit_load", "method_seconds", "run_demo"]
 
-DEMO_EXPERIMENTS = ("payments-latency", "orders-kill", "orders-kill-naive")
+DEMO_EXPERIMENTS = (
+    "payments-latency",  # resilience: a slow instance behind deadlines and retries
+    "orders-kill",  # resilience: kill -9 mid-checkout, the saga recovers, the audit passes
+    "orders-kill-naive",  # data consistency: the same kill without the saga loses data
+    "cdn-origin-down",  # the CDN: stale-if-error keeps the storefront up, per region
+    "rate-limit-one-key",  # the API gateway: one key's flood refused, the others' p99 holds
+)
+"""A representative subset of the catalogue (``testbed chaos suite`` runs all of it): the
+three claims most users ask about first and two of the parts, in under 5 minutes."""
 LOAD_MARGIN_S = 15.0
 MANAGEMENT_STEP_S = 10.0
 """What a scale or deploy step is reckoned to take when the load is cut to fit the method."""
@@ -65,6 +73,8 @@ def method_seconds(steps: list[Step]) -> float:
             total += method_seconds(step.sequence)
         elif isinstance(step, FloodStep):
             total += step.flood.duration
+        elif isinstance(step, DeployStep) and step.deploy.canary is not None:
+            total += MANAGEMENT_STEP_S + step.deploy.canary.judge_for
         elif isinstance(step, ScaleStep | DeployStep):
             total += MANAGEMENT_STEP_S
     return total

@@ -90,4 +90,9 @@ async def rollback_stack(run_dir: Path | None = None) -> list[str]:
     stack = open_stack(run_dir)
     info = await from_management(stack)
     with StackLock(info.run_dir, "testbed chaos rollback"):
-        return await rollback_leftovers(info, SupervisorControl(stack.supervisor))
+        done = await rollback_leftovers(info, SupervisorControl(stack.supervisor))
+        # A canary left by a killed runner (or `testbed deploy --canary`): drained and removed.
+        for component in list(stack.canaries):
+            seconds = await stack.remove_canary(component)
+            done.append(f"removed the canary of {component} ({seconds:.1f} s)")
+        return done

@@ -17,6 +17,7 @@ from typing import Any, get_args
 from pydantic import BaseModel, ValidationError
 
 from chaos.model import (
+    EjectionProbe,
     Experiment,
     FaultStep,
     LocustProbe,
@@ -60,6 +61,7 @@ def _tags() -> dict[str, type[BaseModel]]:
         m.HttpProbe,
         m.LocustProbe,
         m.AuditProbe,
+        m.EjectionProbe,
     ):
         for tag in get_args(cls.model_fields["type"].annotation):
             tags[tag] = cls
@@ -176,6 +178,14 @@ def _semantic_problems(exp: Experiment) -> Iterator[tuple[PathT, str]]:
                 ("safeguards", i, "probe", "over"),
                 "a safeguard watches the live load; use 'over: window'",
             )
+    fault_names = [
+        step.fault.name or f"{step.fault.type.split('.')[1]}-{i + 1}"
+        for i, (_, step) in enumerate(iter_faults(exp.method))
+    ]
+    for path, probe in probes:
+        if isinstance(probe, EjectionProbe) and probe.fault not in fault_names:
+            known = ", ".join(fault_names) or "none: add a fault step with a name"
+            yield (*path, "fault"), f"{probe.fault!r} is not a fault of the method; faults: {known}"
     for path, step in iter_faults(exp.method):
         fault = step.fault
         if fault.target.link is not None and not isinstance(fault, NetworkFault):

@@ -47,8 +47,11 @@ __all__ = [
     "FAULT_TYPES",
     "PARTS",
     "AuditProbe",
+    "BadBuild",
     "BlastRadius",
+    "CanarySpec",
     "DeployStep",
+    "EjectionProbe",
     "Experiment",
     "FaultSpec",
     "FaultStep",
@@ -213,8 +216,20 @@ class AuditProbe(_Probe):
     when: tuple[When, ...] = ("after",)
 
 
+class EjectionProbe(_Probe):
+    """Seconds from the named fault's application until the load balancer took the faulted
+    instance out of rotation, read from the balancer's admin API (``GET /ejections``: when
+    and why each instance left). No value if it was never taken out; the slowest one when
+    the fault hit several instances."""
+
+    type: Literal["ejection"]
+    fault: str = Field(min_length=1)
+    when: tuple[When, ...] = ("after",)
+
+
 ProbeSpec = Annotated[
-    PrometheusProbe | HttpProbe | LocustProbe | AuditProbe, Field(discriminator="type")
+    PrometheusProbe | HttpProbe | LocustProbe | AuditProbe | EjectionProbe,
+    Field(discriminator="type"),
 ]
 
 
@@ -411,13 +426,47 @@ class ScaleStep(_Model):
     scale: ScaleSpec
 
 
+class BadBuild(_Model):
+    """A canary's new version made bad on purpose: an in-service fault through the canary
+    instance's admin API, on for the judging window, on that instance only."""
+
+    type: Literal["service.error_rate", "service.latency"]
+    rate: float = Field(default=1.0, gt=0, le=1)
+    status: int = Field(default=500, ge=500, le=599)
+    latency_ms: int = Field(default=0, ge=0, le=60_000)
+    jitter_ms: int = Field(default=0, ge=0, le=60_000)
+    routes: tuple[str, ...] | None = None
+
+    @model_validator(mode="after")
+    def _latency_given(self) -> BadBuild:
+        if self.type == "service.latency" and self.latency_ms <= 0:
+            raise ValueError("a service.latency bad build needs 'latency_ms' above 0")
+        return self
+
+
+class CanarySpec(_Model):
+    """``deploy`` as a canary (``testbed deploy --canary``): one instance of the new version
+    takes ``share`` of the traffic, is judged for ``judge_for`` against the old version, then
+    promoted (rolling deploy) or rolled back."""
+
+    share: float = Field(default=0.2, gt=0, lt=1)
+    judge_for: Duration = Field(default=30.0, gt=0, le=600)
+    max_error_ratio_increase: float = Field(default=0.02, ge=0, le=1)
+    max_p99_ratio: float = Field(default=1.5, ge=1, le=100)
+    min_requests: int = Field(default=20, ge=1, le=1_000_000)
+    promote_inconclusive: bool = False
+    bad_build: BadBuild | None = None
+
+
 class DeploySpec(_Model):
     service: str = Field(min_length=1)
     version: str = Field(min_length=1, max_length=40)
+    canary: CanarySpec | None = None
 
 
 class DeployStep(_Model):
-    """A rolling deploy of one component (``testbed deploy``), one instance at a time."""
+    """A rolling deploy of one component (``testbed deploy``), one instance at a time; with
+    ``canary``, a judged canary first."""
 
     deploy: DeploySpec
 

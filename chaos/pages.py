@@ -60,8 +60,10 @@ def write_compare_report(
     rows: Sequence[Mapping[str, Any]],
     journals: Sequence[tuple[str, Path | None]],
     sentence: str,
+    probes: Sequence[tuple[str, Sequence[str]]] = (),
 ) -> Path:
-    """``compare.html`` in ``out_dir``: the table per variant, the timelines stacked."""
+    """``compare.html`` in ``out_dir``: the table per variant, the experiment's probes per
+    variant, the timelines stacked."""
     settings = dict(variants)
     table = []
     charts = []
@@ -108,6 +110,8 @@ def write_compare_report(
             sentence=sentence,
             rows=table,
             charts=charts,
+            probes=[{"name": n, "cells": list(c)} for n, c in probes],
+            variant_names=[name for name, _ in journals],
         )
     )
     out_dir.mkdir(parents=True, exist_ok=True)

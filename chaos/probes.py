@@ -1,7 +1,9 @@
 """Probes: measure one value of the running system and judge it against a tolerance.
 
 Kinds: PromQL against the stack's Prometheus (``/api/v1/query``), an HTTP check, Locust's live
-statistics of the experiment's load, and the data audit across services. A probe that cannot
+statistics of the experiment's load, the data audit across services, and the time from a
+fault to the load balancer's ejection of the faulted instance (its admin API's
+``GET /ejections``). A probe that cannot
 measure (Prometheus unreachable, no requests yet) has no value, which no tolerance accepts; its
 ``detail`` says why.
 """
@@ -17,7 +19,14 @@ from typing import Any
 import aiohttp
 
 from chaos.journal import Journal
-from chaos.model import AuditProbe, HttpProbe, LocustProbe, ProbeSpec, PrometheusProbe
+from chaos.model import (
+    AuditProbe,
+    EjectionProbe,
+    HttpProbe,
+    LocustProbe,
+    ProbeSpec,
+    PrometheusProbe,
+)
 from chaos.stack import StackInfo
 from load.stats import LocustStats
 
@@ -135,6 +144,72 @@ async def _http(p: HttpProbe, ctx: ProbeContext) -> tuple[Any, str | None]:
     return None, f"{p.json_path!r} is not a number, string or boolean"
 
 
+def _fault_entry(name: str, faults: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The journal's entry of the fault named ``name`` (its own name, or ``<kind>-<n>``)."""
+    for entry in faults:
+        label = str(entry.get("id", "")).partition("-")[2]
+        if entry.get("name") == name or label == name:
+            return entry
+    return None
+
+
+async def _listen_address(ctx: ProbeContext, proxy: str) -> str | None:
+    """Where Toxiproxy's proxy ``proxy`` listens: the address the balancer knows it by."""
+    if not ctx.stack.toxiproxy_url:
+        return None
+    url = f"{ctx.stack.toxiproxy_url.rstrip('/')}/proxies/{proxy}"
+    try:
+        async with ctx.session.get(url, timeout=aiohttp.ClientTimeout(total=3.0)) as resp:
+            body = await resp.json(content_type=None) if resp.status == 200 else {}
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+    listen = body.get("listen") if isinstance(body, dict) else None
+    return str(listen) if listen else None
+
+
+async def _ejection(p: EjectionProbe, ctx: ProbeContext) -> tuple[Any, str | None]:
+    entry = _fault_entry(p.fault, ctx.journal.data["faults"])
+    if entry is None or not entry.get("applied_at"):
+        return None, f"fault {p.fault!r} was not applied"
+    applied = float(entry["applied_at"])
+    balancers = ctx.stack.instances_of("balancer")
+    if not balancers or balancers[0].admin_url is None:
+        return None, "this stack has no load balancer with an admin API"
+    url = f"{balancers[0].admin_url}/ejections"
+    headers = {"X-Admin-Token": ctx.stack.admin_token}
+    try:
+        async with ctx.session.get(
+            url, headers=headers, timeout=aiohttp.ClientTimeout(total=5.0)
+        ) as resp:
+            body = await resp.json(content_type=None)
+            if resp.status != 200:
+                return None, f"GET {url}: {resp.status} {body}"
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return None, f"GET {url}: {exc or type(exc).__name__}"
+    events = [e for e in body.get("events", []) if e.get("event") == "ejected"]
+    since = float(entry.get("planned_at") or applied)
+    found: list[tuple[float, str]] = []
+    for unit in entry.get("units") or []:
+        inst = unit.get("instance") or {}
+        addresses = {inst.get("address")}
+        if unit.get("proxy"):
+            addresses.add(await _listen_address(ctx, str(unit["proxy"])))
+        hits = [e for e in events if e.get("address") in addresses and float(e["at"]) >= since]
+        if not hits:
+            return None, f"{unit.get('id')} was never taken out of rotation after {p.fault}"
+        first = min(hits, key=lambda e: float(e["at"]))
+        seconds = max(0.0, float(first["at"]) - applied)
+        found.append(
+            (
+                seconds,
+                f"{unit.get('id')} out {seconds:.2f} s after {p.fault} ({first.get('reason')})",
+            )
+        )
+    if not found:
+        return None, f"fault {p.fault!r} hit no instance"
+    return round(max(s for s, _ in found), 3), "; ".join(text for _, text in found)
+
+
 def _span(p: LocustProbe, ctx: ProbeContext) -> tuple[float | None, float | None]:
     if p.over == "window":
         latest = ctx.locust.latest_timestamp() if ctx.locust else None
@@ -181,6 +256,8 @@ async def measure(probe: ProbeSpec, ctx: ProbeContext) -> tuple[Any, str | None]
         return await _http(probe, ctx)
     if isinstance(probe, LocustProbe):
         return _locust(probe, ctx)
+    if isinstance(probe, EjectionProbe):
+        return await _ejection(probe, ctx)
     assert isinstance(probe, AuditProbe)
     if ctx.audit is None:
         return None, "no audit is available for this stack"

@@ -63,9 +63,23 @@ SETTLE_S = 3.0
 """A segment starts this long after the previous case's rollback (restarts, drained queues)."""
 TAIL_S = 3.0
 """A segment ends this long after its case's rollback (the last spans of the fault)."""
-FAULT_S = 8.0
-GAP_S = (14.0, 20.0)
-"""Quiet gap before each fault, drawn from the seed: the fault is at most a third of a segment."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long each fault holds, and the quiet gap before it (drawn from the seed between
+    the two bounds): the fault is at most a third of its segment."""
+
+    fault_s: float
+    gap_s: tuple[float, float]
+
+
+FULL = Timing(20.0, (40.0, 50.0))
+"""The bench: each fault long enough that the quietest instance (payments, about one call a
+second) serves five or more affected calls at the catalogue's mildest intensity (30%). At 8 s,
+a 30% hang there was one or two hung calls, which nothing can tell from chance."""
+SMOKE = Timing(8.0, (14.0, 20.0))
+"""``--quick``: the smoke test's shorter segments (its cases are not the sparse ones)."""
 USERS = 12
 STACK_UP_S = 300.0
 """How long a stack may take to be ready: the bench runs for long on a machine others share."""
@@ -209,19 +223,19 @@ def bench_cases(*, quick: bool = False, only: Sequence[str] = ()) -> list[Case]:
 # -- running -------------------------------------------------------------------------------------
 
 
-def _experiment(cases: Sequence[Case], seed: int, group: str) -> Experiment:
+def _experiment(cases: Sequence[Case], seed: int, group: str, timing: Timing) -> Experiment:
     rng = random.Random(f"{seed}:{group}")
     steps: list[dict[str, Any]] = []
     for case in cases:
-        steps.append({"pause": round(rng.uniform(*GAP_S), 1)})
-        fault = {**case.fault, "name": f"{case.name}", "duration": FAULT_S}
+        steps.append({"pause": round(rng.uniform(*timing.gap_s), 1)})
+        fault = {**case.fault, "name": f"{case.name}", "duration": timing.fault_s}
         if case.decoy is None:
             steps.append({"fault": fault})
         else:
-            decoy = {**case.decoy, "name": f"{case.name}--decoy", "duration": FAULT_S}
+            decoy = {**case.decoy, "name": f"{case.name}--decoy", "duration": timing.fault_s}
             steps.append({"parallel": [{"fault": fault}, {"fault": decoy}]})
-    steps.append({"pause": GAP_S[0]})
-    method_s = sum(float(s.get("pause", FAULT_S)) for s in steps) + 30.0 * len(cases)
+    steps.append({"pause": timing.gap_s[0]})
+    method_s = sum(float(s.get("pause", timing.fault_s)) for s in steps) + 30.0 * len(cases)
     doc = {
         "title": f"rca-bench {group}",
         "hypothesis": "every fault is located blind from the telemetry",
@@ -267,6 +281,7 @@ async def _run_group(
     seed: int,
     base_port: int | None,
     progress: Progress,
+    timing: Timing,
 ) -> Path:
     """Bring a fresh stack up, run the group's experiment, stop the stack; the journal's path."""
     stack_dir = folder / f"stack-{group}"
@@ -280,7 +295,7 @@ async def _run_group(
     try:
         info = await from_management(stack)
         runner = Runner(
-            _experiment(cases, seed, group),
+            _experiment(cases, seed, group, timing),
             info,
             processes=SupervisorControl(stack.supervisor),
             out_dir=stack_dir / "experiment",
@@ -339,12 +354,26 @@ async def run_bench(
     seed: int,
     base_port: int | None = None,
     progress: Progress = print,
+    timing: Timing = FULL,
 ) -> dict[str, Any]:
     """Run ``cases`` on fresh stacks under ``folder``, then localise blind and score."""
-    plan = {"seed": seed, "cases": [c.name for c in cases]}
+    plan = {
+        "seed": seed,
+        "cases": [c.name for c in cases],
+        "fault_s": timing.fault_s,
+        "gap_s": list(timing.gap_s),
+    }
     await asyncio.to_thread(_write_plan, folder, plan)
     for group, members in _groups(cases):
-        await _run_group(folder, group, members, seed=seed, base_port=base_port, progress=progress)
+        await _run_group(
+            folder,
+            group,
+            members,
+            seed=seed,
+            base_port=base_port,
+            progress=progress,
+            timing=timing,
+        )
     return await asyncio.to_thread(score_bench, folder, progress=progress)
 
 

@@ -1088,6 +1088,8 @@ def _probe_kind(spec: Mapping[str, Any]) -> str:
         return f"HTTP {_s(spec.get('method'), 'GET')} {_s(spec.get('url'))}"
     if kind == "audit":
         return "data audit across services"
+    if kind == "ejection":
+        return f"seconds from {_s(spec.get('fault'))} to the balancer's ejection of its instance"
     return kind
 
 
@@ -1408,6 +1410,55 @@ def _events(run: Run) -> list[dict[str, str]]:
     return items
 
 
+def _canaries(run: Run) -> list[dict[str, Any]]:
+    """The canaries the method judged (journal ``canaries``, see ``chaos.runner``)."""
+
+    def pct(value: object) -> str:
+        number = _f(value)
+        return "n/a" if number is None else f"{number:.1%}"
+
+    def secs(value: object) -> str:
+        number = _f(value)
+        return "-" if number is None else f"{number:.1f} s"
+
+    out = []
+    for c in (_d(x) for x in _l(run.data.get("canaries"))):
+        rows = []
+        for version, raw in _d(c.get("versions")).items():
+            side = _d(raw)
+            p99 = _f(side.get("p99_ms"))
+            rows.append(
+                {
+                    "version": str(version),
+                    "requests": f"{_f(side.get('requests')) or 0:.0f}",
+                    "error_ratio": pct(side.get("error_ratio")),
+                    "p99": "n/a" if p99 is None else f"{p99:.0f} ms",
+                }
+            )
+        decision = _s(c.get("decision"))
+        tail = (
+            f"rolled back in {secs(c.get('rollback_s'))}"
+            if c.get("rollback_s") is not None
+            else f"rolling deploy {secs(c.get('deploy_s'))}"
+        )
+        out.append(
+            {
+                "title": f"{_s(c.get('service'))} {_s(c.get('version'))} ({_s(c.get('instance'))})",
+                "decision": decision,
+                "css": "m-ok" if decision == "promote" else "m-bad",
+                "action": _s(c.get("action")),
+                "reasons": "; ".join(_s(r) for r in _l(c.get("reasons"))),
+                "rows": rows,
+                "share": pct(c.get("share_observed")),
+                "asked": pct(c.get("share_asked")),
+                "start": secs(c.get("start_s")),
+                "judged": secs(c.get("judged_s")),
+                "tail": tail,
+            }
+        )
+    return out
+
+
 def _detection(run: Run) -> dict[str, Any] | None:
     """Which alert detected each fault, when, and when the alerts cleared (journal
     ``detection``, see ``chaos.detection``); None when the journal has no section."""
@@ -1462,6 +1513,7 @@ def report_context(run: Run) -> dict[str, Any]:
         "failures": _failures(run),
         "localization": _localization(run),
         "detection": _detection(run),
+        "canaries": _canaries(run),
         "blind_localization": _localization(run, "blind_localization"),
         "audit": _audit(run),
         "probes": _probes(run),

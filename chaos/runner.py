@@ -22,7 +22,7 @@ import itertools
 import re
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -39,6 +39,8 @@ from chaos.journal import FaultStatus, Journal, Verdict
 from chaos.loader import iter_faults
 from chaos.localize import localize_run, wait_for_span_files
 from chaos.model import (
+    BadBuild,
+    CanarySpec,
     DeployStep,
     Experiment,
     FaultSpec,
@@ -53,7 +55,9 @@ from chaos.model import (
     ProbeSpec,
     ScaleStep,
     SequenceStep,
+    ServiceFault,
     Step,
+    Target,
 )
 from chaos.probes import (
     AuditFn,
@@ -65,9 +69,12 @@ from chaos.probes import (
     probe_label,
 )
 from chaos.report import try_write_report
-from chaos.stack import StackInfo
+from chaos.stack import InstanceInfo, StackInfo
 from chaos.targets import Unit, resolve
 from load.runner import LoadPlan, LocustRun
+from management.canary import Thresholds
+from management.plan import LOCALHOST, InstancePlan
+from management.stack import CanaryHook, CanaryResult
 from mesh.errors import ConfigError, TestbedError
 
 __all__ = [
@@ -98,6 +105,19 @@ class Management(Protocol):
     async def scale(self, component: str, count: int) -> tuple[list[str], list[str]]: ...
 
     async def deploy(self, component: str, version: str) -> float: ...
+
+    async def canary(
+        self,
+        component: str,
+        version: str,
+        *,
+        share: float = ...,
+        judge_for: float = ...,
+        thresholds: Thresholds | None = ...,
+        promote_inconclusive: bool = ...,
+        during: CanaryHook | None = ...,
+        progress_every: float = ...,
+    ) -> CanaryResult: ...
 
 
 def expected_outcome(
@@ -710,6 +730,12 @@ class Runner:
             self._event(f"{what}: starting")
             added, removed = await self.manage.scale(step.scale.service, step.scale.instances)
             fields: dict[str, Any] = {"added": added, "removed": removed}
+        elif step.deploy.canary is not None:
+            what = f"canary {step.deploy.service} {step.deploy.version}"
+            self._event(f"{what}: starting ({step.deploy.canary.share:.0%} of the traffic)")
+            fields = await self._canary(
+                step.deploy.service, step.deploy.version, step.deploy.canary
+            )
         else:
             what = f"deploy {step.deploy.service} {step.deploy.version}"
             self._event(f"{what}: starting")
@@ -720,6 +746,116 @@ class Runner:
             "management", text=f"{what}: done in {seconds} s", seconds=seconds, step=what, **fields
         )
         self._event(f"{what}: done in {seconds} s")
+
+    async def _canary(self, service: str, version: str, spec: CanarySpec) -> dict[str, Any]:
+        """A judged canary; the verdict and its numbers go to the journal (``canary``)."""
+        assert self.manage is not None
+        started = time.monotonic()
+        result = await self.manage.canary(
+            service,
+            version,
+            share=spec.share,
+            judge_for=spec.judge_for,
+            thresholds=Thresholds(
+                min_requests=spec.min_requests,
+                max_error_ratio_increase=spec.max_error_ratio_increase,
+                max_p99_ratio=spec.max_p99_ratio,
+            ),
+            promote_inconclusive=spec.promote_inconclusive,
+            during=self._bad_build(spec.bad_build) if spec.bad_build is not None else None,
+            progress_every=5.0,
+        )
+        verdict = result.judgement
+        record: dict[str, Any] = {
+            "service": service,
+            "version": version,
+            "instance": result.instance_id,
+            "share_asked": spec.share,
+            "share_observed": verdict.share,
+            "decision": verdict.decision,
+            "reasons": list(verdict.reasons),
+            "action": result.action,
+            "versions": {
+                side.version: {
+                    "requests": side.requests,
+                    "errors": side.errors,
+                    "error_ratio": side.error_ratio,
+                    "p99_ms": None if side.p99_seconds is None else side.p99_seconds * 1000,
+                }
+                for side in (verdict.old, verdict.new)
+            },
+            "start_s": round(result.start_seconds, 2),
+            "judged_s": round(result.judged_seconds, 2),
+            "rollback_s": None
+            if result.rollback_seconds is None
+            else round(result.rollback_seconds, 2),
+            "deploy_s": None if result.deploy_seconds is None else round(result.deploy_seconds, 2),
+            "total_s": round(time.monotonic() - started, 2),
+        }
+        self.journal.data.setdefault("canaries", []).append(record)
+        self.journal.event(
+            "canary", text=f"canary {service} {version}: {verdict.summary()}", **record
+        )
+        tail = (
+            f"rolled back in {result.rollback_seconds:.1f} s"
+            if result.rollback_seconds is not None
+            else f"promoted, rolling deploy {result.deploy_seconds or 0:.1f} s"
+        )
+        self._event(f"canary {service} {version}: {verdict.decision}, {tail}")
+        return {"canary": record}
+
+    def _bad_build(self, bad: BadBuild) -> CanaryHook:
+        """The new version made bad: an in-service fault on the canary instance only, through
+        the fault machinery (journaled first, rolled back when the judging ends)."""
+
+        @contextlib.asynccontextmanager
+        async def hook(inst: InstancePlan) -> AsyncIterator[None]:
+            assert self._fctx is not None
+            spec = ServiceFault(
+                name="bad-build",
+                type=bad.type,
+                target=Target(instance=inst.instance_id),
+                duration=600.0,  # the fault's own safety switch-off; rolled back at the verdict
+                rate=bad.rate,
+                status=bad.status,
+                latency_ms=bad.latency_ms,
+                jitter_ms=bad.jitter_ms,
+                routes=bad.routes,
+            )
+            info = InstanceInfo(
+                service=inst.component,
+                instance_id=inst.instance_id,
+                address=inst.address,
+                admin_address=f"{LOCALHOST}:{inst.admin_port}",
+                proxy=inst.instance_id if inst.proxy_port else None,
+            )
+            fault_id = f"{next(self._ids)}-bad-build"
+            fault = build_fault(
+                fault_id, spec, [Unit(info.instance_id, info.proxy, info)], self._fctx
+            )
+            async with self._holding(fault_id, fault, "bad build: applying"):
+                yield
+
+        return hook
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, fault_id: str, fault: Fault, doing: str) -> AsyncIterator[None]:
+        """``fault`` journaled (on disk before it is applied), applied, held while the body
+        runs, and rolled back whatever happens."""
+        entry = self.journal.fault_planned(fault.record())
+        self.active[fault_id] = (fault, entry)
+        self.live.active[fault_id] = fault.describe()
+        self._event(f"{doing} {fault.describe()}")
+        try:
+            try:
+                await asyncio.wait_for(fault.apply(), APPLY_TIMEOUT_S)
+            except Exception as exc:
+                self.journal.fault_status(entry, FaultStatus.APPLY_FAILED, error=str(exc))
+                raise TestbedError(f"could not apply {fault.describe()}: {exc}") from exc
+            self.journal.fault_status(entry, FaultStatus.APPLIED, details=dict(fault.details))
+            yield
+        finally:
+            await self._shielded(self._rollback(fault, entry))
 
     async def _flood(self, step: FloodStep) -> None:
         """One client sends ``rate`` requests a second with its own key; counts the answers."""
@@ -746,20 +882,8 @@ class Runner:
         fault_id = f"{n}-{slug(name)}"
         units = self._units[id(step)]
         fault = build_fault(fault_id, spec, units, self._fctx)
-        entry = self.journal.fault_planned(fault.record())  # on disk before it is applied
-        self.active[fault_id] = (fault, entry)
-        self.live.active[fault_id] = fault.describe()
-        self._event(f"applying {fault.describe()}")
-        try:
-            try:
-                await asyncio.wait_for(fault.apply(), APPLY_TIMEOUT_S)
-            except Exception as exc:
-                self.journal.fault_status(entry, FaultStatus.APPLY_FAILED, error=str(exc))
-                raise TestbedError(f"could not apply {fault.describe()}: {exc}") from exc
-            self.journal.fault_status(entry, FaultStatus.APPLIED, details=dict(fault.details))
+        async with self._holding(fault_id, fault, "applying"):
             await asyncio.sleep(spec.duration)
-        finally:
-            await self._shielded(self._rollback(fault, entry))
 
     async def _rollback(self, fault: Fault, entry: dict[str, Any]) -> None:
         if fault.id not in self.active:

@@ -321,7 +321,7 @@ FORWARDING = """\
 
 def haproxy_config(port: int, backends: list[int]) -> str:
     servers = "\n".join(
-        f"    server b{i} 127.0.0.1:{p} check inter 500 fall 2 rise 2"
+        f"    server b{i} 127.0.0.1:{p} check inter 100 fall 2 rise 2"
         for i, p in enumerate(backends)
     )
     return f"""global
@@ -332,6 +332,7 @@ defaults
     timeout connect 1s
     timeout client 30s
     timeout server 30s
+    timeout check 300ms
     option forwardfor
     http-reuse always
 frontend fe

@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -19,6 +20,9 @@ from rich.table import Table
 from management import __version__
 from management.cli_options import RUN_DIR_OPTION, TOPOLOGY_OPTION
 from mesh.errors import TestbedError
+
+if TYPE_CHECKING:
+    from management.stack import Stack
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -198,21 +202,200 @@ def scale(assignment: str, run_dir: Path | None) -> None:
     )
 
 
+class _Seconds(click.ParamType[float]):
+    """A duration: ``30``, ``30s``, ``500ms``, ``2m``."""
+
+    name = "DURATION"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        from chaos.model import parse_duration
+
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+_CANARY_ONLY = ("share", "judge_for", "max_error_ratio_increase", "max_p99_ratio", "min_requests")
+
+
 @cli.command()
 @click.argument("service")
-@click.option("--version", "version", required=True, help="The version to roll out.")
+@click.option("--version", "version", default=None, help="The version to roll out.")
+@click.option(
+    "--canary",
+    is_flag=True,
+    help="One extra instance at VERSION takes --share of the traffic, is judged against the old "
+    "version, then promoted (rolling deploy) or rolled back. RPC services only (catalog, "
+    "recommendations, inventory, payments, orders).",
+)
+@click.option(
+    "--share",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="--canary: the share of the service's traffic the canary gets.",
+)
+@click.option(
+    "--judge-for",
+    type=_Seconds(),
+    default=30.0,
+    show_default=True,
+    help="--canary: how long to judge it (30, 30s, 2m).",
+)
+@click.option(
+    "--max-error-ratio-increase",
+    type=click.FloatRange(0, 1),
+    default=0.02,
+    show_default=True,
+    help="--canary: roll back when its error ratio (5xx) exceeds the old one's by more (absolute).",
+)
+@click.option(
+    "--max-p99-ratio",
+    type=click.FloatRange(1, 100),
+    default=1.5,
+    show_default=True,
+    help="--canary: roll back when its p99 exceeds the old one's (at least 10 ms) times this.",
+)
+@click.option(
+    "--min-requests",
+    type=click.IntRange(1, 1_000_000),
+    default=20,
+    show_default=True,
+    help="--canary: fewer requests on either version is inconclusive (rolled back).",
+)
+@click.option(
+    "--promote-inconclusive",
+    is_flag=True,
+    help="--canary: promote when the traffic was too little to judge (default: roll back).",
+)
+@click.option(
+    "--abort-canary",
+    is_flag=True,
+    help="Remove a canary of SERVICE left running (e.g. by a killed command); nothing else.",
+)
 @RUN_DIR_OPTION
-def deploy(service: str, version: str, run_dir: Path | None) -> None:
+@click.pass_context
+def deploy(
+    ctx: click.Context,
+    service: str,
+    version: str | None,
+    canary: bool,
+    share: float,
+    judge_for: float,
+    max_error_ratio_increase: float,
+    max_p99_ratio: float,
+    min_requests: int,
+    promote_inconclusive: bool,
+    abort_canary: bool,
+    run_dir: Path | None,
+) -> None:
     """Rolling deploy: one instance at a time, drained, restarted with VERSION, ready again
-    (a balancer or CDN PoP: handed over on its port to VERSION, no connection refused)."""
+    (a balancer or CDN PoP: handed over on its port to VERSION, no connection refused).
+
+    With --canary: one instance of VERSION beside the old ones, judged from Prometheus (error
+    ratio and p99 per version over the window), then promoted or rolled back automatically.
+    Exit code 0 when promoted, 1 when rolled back (worse, or too little traffic).
+    """
     from management.stack import open_stack
 
+    if not canary:
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in (*_CANARY_ONLY, "promote_inconclusive")
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} apply only with --canary")
     stack = open_stack(run_dir, progress=_say)
+    if abort_canary:
+        seconds = asyncio.run(stack.remove_canary(service))
+        click.echo(
+            f"removed the canary of {service} in {seconds:.1f}s"
+            if seconds
+            else f"{service} has no canary"
+        )
+        return
+    if version is None:
+        raise click.UsageError("give the version to roll out: --version V")
+    if canary:
+        _canary(
+            stack,
+            service,
+            version,
+            share=share,
+            judge_for=judge_for,
+            max_error_ratio_increase=max_error_ratio_increase,
+            max_p99_ratio=max_p99_ratio,
+            min_requests=min_requests,
+            promote_inconclusive=promote_inconclusive,
+        )
+        return
     seconds = asyncio.run(stack.deploy(service, version))
     click.echo(
         f"{service} is at {version} on {len(stack.plan.of(service))} instances; "
         f"rolling deploy took {seconds:.1f}s"
     )
+
+
+def _canary(
+    stack: Stack,
+    service: str,
+    version: str,
+    *,
+    share: float,
+    judge_for: float,
+    max_error_ratio_increase: float,
+    max_p99_ratio: float,
+    min_requests: int,
+    promote_inconclusive: bool,
+) -> None:
+    from management.canary import Thresholds
+
+    result = asyncio.run(
+        stack.canary(
+            service,
+            version,
+            share=share,
+            judge_for=judge_for,
+            thresholds=Thresholds(
+                min_requests=min_requests,
+                max_error_ratio_increase=max_error_ratio_increase,
+                max_p99_ratio=max_p99_ratio,
+            ),
+            promote_inconclusive=promote_inconclusive,
+        )
+    )
+    verdict = result.judgement
+    observed = "n/a" if verdict.share is None else f"{verdict.share:.1%}"
+    table = Table(
+        title=f"canary {result.instance_id} ({version}), judged {result.judged_seconds:.0f}s"
+    )
+    for column in ("version", "requests", "error ratio", "p99"):
+        table.add_column(column)
+    for side in (verdict.new, verdict.old):
+        ratio = "n/a" if side.error_ratio is None else f"{side.error_ratio:.2%}"
+        p99 = "n/a" if side.p99_seconds is None else f"{side.p99_seconds * 1000:.0f} ms"
+        table.add_row(side.version, f"{side.requests:.0f}", ratio, p99)
+    _console().print(table)
+    click.echo(f"canary share observed: {observed} (asked {share:.0%})")
+    click.echo(f"verdict: {verdict.decision}: {'; '.join(verdict.reasons)}")
+    if result.action == "promoted":
+        click.echo(
+            f"{service} promoted to {version}: rolling deploy of the old instances took "
+            f"{result.deploy_seconds or 0:.1f}s; canary removed"
+        )
+        return
+    old = stack.plan.topology.version_of(service)
+    click.echo(
+        f"{service} rolled back: canary drained and removed in "
+        f"{result.rollback_seconds or 0:.1f}s; the old instances ({old}) were not touched"
+    )
+    sys.exit(1)
 
 
 @cli.command()

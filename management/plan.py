@@ -23,7 +23,9 @@ from management.topology import MAX_INSTANCES, Topology
 from mesh.errors import ConfigError
 
 __all__ = [
+    "CANARY_SUFFIX",
     "DEFAULT_BASE_PORT",
+    "CanaryPlan",
     "InfraPorts",
     "InstancePlan",
     "Plan",
@@ -39,6 +41,19 @@ _SLOT = 3
 _BLOCK = _SLOT * MAX_INSTANCES
 LOCALHOST = "127.0.0.1"
 CDN_ORIGIN_ENV = "CDN_ORIGIN_URL"
+
+
+CANARY_SUFFIX = "-canary"
+"""A canary's instance id is its component's name and this (``payments-canary``)."""
+
+
+@dataclass(frozen=True)
+class CanaryPlan:
+    """One extra instance of a service at another version, taking ``share`` of its traffic
+    (``testbed deploy --canary``). It uses the component's last instance slot."""
+
+    version: str
+    share: float
 
 
 def port_span(component_count: int) -> int:
@@ -171,8 +186,12 @@ def build_plan(
     extra_env: Mapping[str, str] | None = None,
     admin_token: str | None = None,
     trace_ui: bool = False,
+    canaries: Mapping[str, CanaryPlan] | None = None,
 ) -> Plan:
     """Derive the processes, proxies and ports of ``topology`` at ``base_port``.
+
+    ``canaries`` adds one instance per named component at its version (the canary's, in the
+    component's last slot), with ``TESTBED_CANARY_SHARE``; never in the static upstream lists.
 
     ``admin_token`` (``TESTBED_ADMIN_TOKEN`` of every process) is the run's secret; without
     one the processes keep their default, which they accept on loopback only.
@@ -197,6 +216,9 @@ def build_plan(
         for k in range(1, count + 1):
             port, admin, proxy = _slot(base_port, ci, k)
             slots[name].append((port, admin, proxy, regions[k - 1] if regions else None))
+    canary_slots = {
+        name: _slot(base_port, names.index(name), MAX_INSTANCES) for name in canaries or {}
+    }
 
     def advertised(name: str, port: int, proxy: int) -> str:
         return f"{LOCALHOST}:{proxy if topology.is_proxied(name) else port}"
@@ -216,8 +238,22 @@ def build_plan(
             if slots[up]
             for service in topology.services_of(up)
         )
-        for k, (port, admin, proxy, region) in enumerate(slots[name], start=1):
-            instance_id = f"{name}-{region}" if region else f"{name}-{k}"
+        canary = (canaries or {}).get(name)
+        runs: list[tuple[int, tuple[int, int, int, str | None]]] = list(
+            enumerate(slots[name], start=1)
+        )
+        if canary is not None:
+            runs.append((MAX_INSTANCES, (*canary_slots[name], None)))
+        for k, (port, admin, proxy, region) in runs:
+            is_canary = canary is not None and k == MAX_INSTANCES
+            version = (
+                canary.version if canary is not None and is_canary else topology.version_of(name)
+            )
+            instance_id = (
+                f"{name}{CANARY_SUFFIX}"
+                if is_canary
+                else (f"{name}-{region}" if region else f"{name}-{k}")
+            )
             env: dict[str, str] = {
                 "TESTBED_SERVICE": name,
                 "TESTBED_INSTANCE_ID": instance_id,
@@ -225,7 +261,7 @@ def build_plan(
                 "TESTBED_PORT": str(port),
                 "TESTBED_ADMIN_PORT": str(admin),
                 "TESTBED_ADVERTISE": advertised(name, port, proxy),
-                "TESTBED_VERSION": topology.version_of(name),
+                "TESTBED_VERSION": version,
                 "TESTBED_RUN_DIR": str(run_dir),
                 "TESTBED_RESILIENCE": topology.resilience_of(name),
                 "TESTBED_CONSISTENCY": topology.consistency_of(name),
@@ -236,6 +272,8 @@ def build_plan(
             }
             if admin_token is not None:
                 env["TESTBED_ADMIN_TOKEN"] = admin_token
+            if canary is not None and is_canary:
+                env["TESTBED_CANARY_SHARE"] = f"{canary.share:g}"
             if static:
                 env["TESTBED_UPSTREAMS"] = static
             per_try = topology.per_try_timeouts_of(name)
@@ -299,7 +337,7 @@ def build_plan(
                     admin_port=admin,
                     proxy_port=proxy if (region or topology.is_proxied(name)) else None,
                     advertise=env["TESTBED_ADVERTISE"],
-                    version=topology.version_of(name),
+                    version=version,
                     registers=topology.registers(name),
                     region=region,
                     env=env,

@@ -24,6 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,14 @@ from typing import Any
 import aiohttp
 import yaml
 
+from management.canary import CanaryError, Judgement, Thresholds, judge, sample
 from management.dashboards import CONSOLE_NAME, write_console
 from management.jaeger import jaeger_config
 from management.plan import (
+    CANARY_SUFFIX,
     DEFAULT_BASE_PORT,
     LOCALHOST,
+    CanaryPlan,
     InstancePlan,
     Plan,
     build_plan,
@@ -62,6 +66,7 @@ from mesh.registry_client import RegistryClient, RegistryError
 
 __all__ = [
     "AlreadyUp",
+    "CanaryResult",
     "InstanceStatus",
     "NotUp",
     "Stack",
@@ -102,6 +107,37 @@ class NotUp(StackError):
 
 def _quiet(_: str) -> None:
     return None
+
+
+CanaryHook = Callable[[InstancePlan], AbstractAsyncContextManager[None]]
+"""Wraps the judging window once the canary is ready (the chaos runner injects a bad build)."""
+
+
+@dataclass(frozen=True)
+class CanaryResult:
+    """What ``Stack.canary`` did: the verdict with its numbers, and the action taken."""
+
+    component: str
+    version: str
+    instance_id: str
+    judgement: Judgement
+    action: str
+    """``promoted`` (rolling deploy of the old instances) or ``rolled back``."""
+    start_seconds: float
+    """From the command to the canary ready and registered."""
+    judged_seconds: float
+    rollback_seconds: float | None
+    """From the verdict to the canary drained and gone (rolled back only)."""
+    deploy_seconds: float | None
+    """The rolling deploy of the old instances (promoted only)."""
+
+
+def _canaries_of(state: Mapping[str, Any]) -> dict[str, CanaryPlan]:
+    raw = state.get("canaries") or {}
+    return {
+        name: CanaryPlan(version=str(c["version"]), share=float(c["share"]))
+        for name, c in raw.items()
+    }
 
 
 # ---- where the current run is -------------------------------------------------------------------
@@ -573,7 +609,17 @@ class Stack:
         )
 
     # -- changes --
-    def _replan(self, topology: Topology) -> Plan:
+    @property
+    def canaries(self) -> dict[str, CanaryPlan]:
+        """The canaries running now (``testbed deploy --canary``), by component."""
+        return _canaries_of(self.state)
+
+    def _set_canaries(self, canaries: Mapping[str, CanaryPlan]) -> None:
+        self.state["canaries"] = {
+            name: {"version": c.version, "share": c.share} for name, c in canaries.items()
+        }
+
+    def _replan(self, topology: Topology, canaries: Mapping[str, CanaryPlan] | None = None) -> Plan:
         return build_plan(
             topology,
             base_port=self.plan.base_port,
@@ -581,6 +627,7 @@ class Stack:
             jaeger=self.plan.jaeger,
             admin_token=self.admin_token,
             trace_ui=self.plan.trace_ui,
+            canaries=self.canaries if canaries is None else canaries,
         )
 
     def _check_component(self, component: str) -> None:
@@ -610,6 +657,7 @@ class Stack:
         comp = self.plan.topology.components[component]
         if comp.kind in ("cdn", "registry", "balancer"):
             raise ConfigError(f"{component} is a {comp.kind}: its instance count is fixed")
+        self._refuse_while_canary(component)
         if not 0 <= count <= MAX_INSTANCES:
             raise ConfigError(f"instance count {count} is out of range 0-{MAX_INSTANCES}")
         new_plan = self._replan(self.plan.topology.with_instances(component, count))
@@ -660,8 +708,13 @@ class Stack:
         self._check_component(component)
         started = time.monotonic()
         new_plan = self._replan(self.plan.topology.with_version(component, version))
+        canary = self.canaries.get(component)
+        if canary is not None and canary.version != version:
+            self._refuse_while_canary(component)
         async with aiohttp.ClientSession() as http:
             for inst in new_plan.of(component):
+                if inst.instance_id.endswith(CANARY_SUFFIX):
+                    continue  # at this version already; `canary` removes it afterwards
                 old = self.plan.instance(inst.instance_id)
                 if old.version == version:
                     # Nothing would restart it: draining it would leave it out of the registry.
@@ -684,6 +737,215 @@ class Stack:
         self.plan = new_plan
         self._save()
         return time.monotonic() - started
+
+    def _refuse_while_canary(self, component: str) -> None:
+        canary = self.canaries.get(component)
+        if canary is not None:
+            raise ConfigError(
+                f"a canary of {component} ({canary.version}, {component}{CANARY_SUFFIX}) is "
+                f"running; wait for its verdict, or remove it with `testbed deploy {component} "
+                "--abort-canary`"
+            )
+
+    def _check_canary(self, component: str, version: str, share: float, judge_for: float) -> None:
+        """Refuse bad input before anything is touched."""
+        self._check_component(component)
+        comp = self.plan.topology.components[component]
+        services = [n for n, c in self.plan.topology.components.items() if c.kind == "service"]
+        if comp.kind != "service":
+            raise ConfigError(
+                f"--canary is for the RPC services ({', '.join(services) or 'none here'}); "
+                f"{component} is a {comp.kind}: use a rolling deploy"
+            )
+        self._refuse_while_canary(component)
+        count = len(self.plan.of(component))
+        if count == 0:
+            raise ConfigError(f"{component} runs no instance: no old version to compare with")
+        if count >= MAX_INSTANCES:
+            raise ConfigError(
+                f"{component} runs {count} instances, the most there are slots for; scale it "
+                f"to {MAX_INSTANCES - 1} or fewer to leave the canary a slot"
+            )
+        if self.plan.topology.version_of(component) == version:
+            raise ConfigError(f"{component} is at {version} already: nothing to compare")
+        if not 0 < share < 1:
+            raise ConfigError(f"canary share {share:g} must lie strictly between 0 and 1")
+        if judge_for <= 0:
+            raise ConfigError("the judging window must be longer than 0 s")
+
+    async def _start_canary(self, component: str, version: str, share: float) -> InstancePlan:
+        canaries = {**self.canaries, component: CanaryPlan(version=version, share=share)}
+        new_plan = self._replan(self.plan.topology, canaries)
+        inst = new_plan.instance(f"{component}{CANARY_SUFFIX}")
+        proxies = [p for p in new_plan.proxies if p.name == inst.instance_id]
+        check_ports_free(
+            {inst.port: inst.instance_id, inst.admin_port: f"{inst.instance_id} admin"}
+            | {int(p.listen.rpartition(":")[2]): f"proxy {p.name}" for p in proxies}
+        )
+        # From here on the canary is in the state, so that a rollback (or `--abort-canary`
+        # after a killed command) finds it.
+        self._set_canaries(canaries)
+        self.plan = new_plan
+        self._save()
+        async with aiohttp.ClientSession() as http:
+            await ToxiproxyClient(http, self.toxiproxy_url).populate(proxies)
+        self._write_program(self._instance_spec(inst))
+        await self.supervisor.update()
+        write_targets(self.plan, self.run_dir / "prometheus" / "targets")
+        self.progress(f"starting {inst.instance_id} at {version} for {share:.0%} of the traffic")
+        await self.wait_ready([inst], within=60.0)
+        return inst
+
+    async def remove_canary(self, component: str) -> float:
+        """Drain the canary of ``component`` and stop it; the old instances are untouched.
+        Returns the seconds it took (0 when there was none)."""
+        started = time.monotonic()
+        if component not in self.canaries:
+            return 0.0
+        instance_id = f"{component}{CANARY_SUFFIX}"
+        remaining = {k: v for k, v in self.canaries.items() if k != component}
+        new_plan = self._replan(self.plan.topology, remaining)
+        async with aiohttp.ClientSession() as http:
+            with contextlib.suppress(ConfigError):
+                await self._drain(http, self.plan.instance(instance_id))
+            self._remove_program(instance_id)
+            self._set_canaries(remaining)
+            self.plan = new_plan
+            self._save()
+            await self.supervisor.update()
+            with contextlib.suppress(ToxiproxyError):
+                await ToxiproxyClient(http, self.toxiproxy_url).delete([instance_id])
+        write_targets(self.plan, self.run_dir / "prometheus" / "targets")
+        return time.monotonic() - started
+
+    async def _judge_canary(
+        self,
+        inst: InstancePlan,
+        old_version: str,
+        *,
+        judge_for: float,
+        thresholds: Thresholds,
+        progress_every: float,
+    ) -> Judgement:
+        started = time.monotonic()
+        scrape = self.plan.topology.defaults.scrape_interval_seconds
+        async with aiohttp.ClientSession() as http:
+
+            async def numbers(window: float) -> Judgement:
+                old, new = await sample(
+                    http,
+                    self.prometheus_url,
+                    job=inst.component,
+                    canary_instance=inst.instance_id,
+                    old_version=old_version,
+                    new_version=inst.version,
+                    window_seconds=window,
+                )
+                return judge(old, new, thresholds)
+
+            while (elapsed := time.monotonic() - started) < judge_for:
+                await asyncio.sleep(min(progress_every, judge_for - elapsed))
+                elapsed = time.monotonic() - started
+                if elapsed >= judge_for:
+                    break
+                with contextlib.suppress(CanaryError):
+                    so_far = await numbers(elapsed)
+                    share = "n/a" if so_far.share is None else f"{so_far.share:.0%}"
+                    self.progress(
+                        f"judging {elapsed:.0f}/{judge_for:g}s: canary share {share}; "
+                        f"{so_far.new.describe()}; {so_far.old.describe()}"
+                    )
+            # The last requests of the window reach Prometheus with the next scrape.
+            await asyncio.sleep(scrape + 0.5)
+            return await numbers(judge_for)
+
+    async def canary(
+        self,
+        component: str,
+        version: str,
+        *,
+        share: float = 0.2,
+        judge_for: float = 30.0,
+        thresholds: Thresholds | None = None,
+        promote_inconclusive: bool = False,
+        during: CanaryHook | None = None,
+        progress_every: float = 3.0,
+    ) -> CanaryResult:
+        """A canary of ``version`` beside the old instances, judged, then promoted (rolling
+        deploy of the old instances) or rolled back (canary drained and removed).
+
+        Bad input is refused before anything is touched; on any error or interruption
+        (Ctrl-C) after the canary started it is removed again and the error raised.
+        """
+        self._check_canary(component, version, share, judge_for)
+        limits = thresholds or Thresholds()
+        old_version = self.plan.topology.version_of(component)
+        began = time.monotonic()
+        inst: InstancePlan | None = None
+        try:
+            inst = await self._start_canary(component, version, share)
+            start_seconds = time.monotonic() - began
+            self.progress(
+                f"{inst.instance_id} ready in {start_seconds:.1f}s; judging it for {judge_for:g}s"
+            )
+            judged_at = time.monotonic()
+            if during is not None:
+                async with during(inst):
+                    judgement = await self._judge_canary(
+                        inst,
+                        old_version,
+                        judge_for=judge_for,
+                        thresholds=limits,
+                        progress_every=progress_every,
+                    )
+            else:
+                judgement = await self._judge_canary(
+                    inst,
+                    old_version,
+                    judge_for=judge_for,
+                    thresholds=limits,
+                    progress_every=progress_every,
+                )
+            judged_seconds = time.monotonic() - judged_at
+        except BaseException:
+            if component in self.canaries:
+                self.progress(f"rolling back the canary of {component}")
+                await asyncio.shield(self.remove_canary(component))
+            raise
+        self.progress(judgement.summary())
+        promote = judgement.decision == "promote" or (
+            judgement.decision == "inconclusive" and promote_inconclusive
+        )
+        if not promote:
+            self.progress(f"rolling back: draining and removing {inst.instance_id}")
+            rollback = await self.remove_canary(component)
+            return CanaryResult(
+                component,
+                version,
+                inst.instance_id,
+                judgement,
+                "rolled back",
+                start_seconds,
+                judged_seconds,
+                rollback,
+                None,
+            )
+        self.progress(f"promoting {version}: rolling deploy of the old instances")
+        try:
+            deployed = await self.deploy(component, version)
+        finally:
+            await self.remove_canary(component)
+        return CanaryResult(
+            component,
+            version,
+            inst.instance_id,
+            judgement,
+            "promoted",
+            start_seconds,
+            judged_seconds,
+            None,
+            deployed,
+        )
 
     # -- deploying a single instance: a hand-over on its port --
     async def _hand_over(self, old: InstancePlan, new: InstancePlan) -> None:
@@ -1052,6 +1314,7 @@ def open_stack(run_dir: Path | None = None, *, progress: Progress = _quiet) -> S
         jaeger=bool(state.get("jaeger")),
         admin_token=_admin_token(state),
         trace_ui=bool(state.get("trace_ui")),
+        canaries=_canaries_of(state),
     )
     return Stack(
         run_dir=run,

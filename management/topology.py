@@ -230,6 +230,12 @@ class Topology(_Model):
         comp = self.components[name].model_copy(update={"instances": count})
         return self.model_copy(update={"components": {**self.components, name: comp}})
 
+    def with_env(self, name: str, env: Mapping[str, str]) -> Topology:
+        """The component's processes get ``env`` on top of their own settings."""
+        comp = self.components[name]
+        comp = comp.model_copy(update={"env": {**comp.env, **env}})
+        return self.model_copy(update={"components": {**self.components, name: comp}})
+
     def with_version(self, name: str, version: str) -> Topology:
         if not _VERSION.match(version):
             raise ConfigError(f"{version!r} is not a version (letters, digits, '.', '_', '-')")

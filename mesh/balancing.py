@@ -10,6 +10,11 @@ balancer. Policies:
                      the set of instances is stable; a ketama ring from ``uhashring``. Without
                      a key the request is balanced round robin.
 
+Canaries (``testbed deploy --canary``): an instance registered with a ``canary_share``
+(``mesh.discovery.CANARY_SHARE_KEY``) gets that share of the picks among the candidates, the
+other instances the rest (each policy then picks within the chosen group). One random draw per
+pick, only while such an instance is known; the shares are read once per instance-list change.
+
 Passive outlier ejection follows Envoy's consecutive-5xx detector: after
 ``consecutive_failures`` failures in a row an instance is ejected for
 ``base_ejection_seconds`` times the number of times it has been ejected (capped at
@@ -101,6 +106,7 @@ class Balancer:
         self._rr = 0
         self._ring_ids: tuple[str, ...] = ()
         self._ring: HashRing | None = None
+        self._shares: dict[str, float] = {}
 
     # -- choosing -------------------------------------------------------------------------
 
@@ -118,14 +124,17 @@ class Balancer:
         if not instances:
             raise NoInstanceError("no instances known")
         self._observe(instances)
-        now = self._clock()
         candidates: Sequence[Instance] = instances
         if exclude:
             excluded = {i.id for i in exclude}
             candidates = [i for i in instances if i.id not in excluded] or instances
-        healthy = [i for i in candidates if not self._ejected_at(i.id, now)]
-        if healthy:
-            candidates = healthy
+        if self.outlier is not None:  # without a policy nothing is ever ejected
+            now = self._clock()
+            healthy = [i for i in candidates if not self._ejected_at(i.id, now)]
+            if healthy:
+                candidates = healthy
+        if self._shares and len(candidates) > 1:
+            candidates = self._by_share(candidates)
         if len(candidates) == 1:
             return candidates[0]
         if self.policy == "least_request":
@@ -136,6 +145,16 @@ class Balancer:
         chosen = candidates[self._rr % len(candidates)]
         self._rr = (self._rr + 1) % 1_000_000_007
         return chosen
+
+    def _by_share(self, candidates: Sequence[Instance]) -> Sequence[Instance]:
+        """The canaries with their share's probability, else the other instances."""
+        canaries = [i for i in candidates if i.id in self._shares]
+        if not canaries or len(canaries) == len(candidates):
+            return candidates
+        share = min(1.0, sum(self._shares[i.id] for i in canaries))
+        if self._rng.random() < share:
+            return canaries
+        return [i for i in candidates if i.id not in self._shares]
 
     def _by_hash(
         self, instances: Sequence[Instance], candidates: Sequence[Instance], key: str
@@ -158,6 +177,7 @@ class Balancer:
         if instances is self._seen and isinstance(instances, tuple):
             return
         self._seen = instances
+        self._shares = {i.id: s for i in instances if (s := i.canary_share) is not None}
         ids = {i.id for i in instances}
         if ids == self._known.keys():
             return

@@ -16,6 +16,10 @@ from typing import Protocol, runtime_checkable
 from mesh.errors import ConfigError
 from mesh.process import ProcessConfig
 
+CANARY_SHARE_KEY = "canary_share"
+"""Registry metadata of a canary instance: the share of its service's traffic (0-1) callers
+send it (``mesh.balancing.Balancer``); instances without it share the rest."""
+
 
 @dataclass(frozen=True)
 class Instance:
@@ -37,6 +41,18 @@ class Instance:
     @property
     def base_url(self) -> str:
         return f"http://{self.address}"
+
+    @property
+    def canary_share(self) -> float | None:
+        """The traffic share this canary asked for (``CANARY_SHARE_KEY``), if valid."""
+        raw = self.metadata.get(CANARY_SHARE_KEY)
+        if raw is None:
+            return None
+        try:
+            share = float(raw)
+        except ValueError:
+            return None
+        return share if 0.0 < share < 1.0 else None
 
 
 @runtime_checkable

@@ -33,6 +33,8 @@ Variables (all optional except where noted):
 ``TESTBED_REUSE_PORT``     ``1``: the public listener shares its port with a successor
                            (``SO_REUSEPORT``, ``observability.handoff``) and on shutdown closes
                            first; how a single instance is redeployed without loss (default 0)
+``TESTBED_RETRY_BUDGET``  ``off`` lifts the retry budget of profiles that retry (``full``): every
+                         failed try is retried up to the policy's count, as without a budget
 """
 
 from __future__ import annotations
@@ -118,6 +120,27 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
+def _on_off(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("on", "true", "1", "yes"):
+        return True
+    if raw in ("off", "false", "0", "no"):
+        return False
+    raise ConfigError(f"{name}={env[name]!r} is neither on nor off")
+
+
+def _canary_share(env: Mapping[str, str]) -> float | None:
+    raw = env.get("TESTBED_CANARY_SHARE")
+    if not raw:
+        return None
+    share = env_float(env, "TESTBED_CANARY_SHARE", 0.0, minimum=0.0, maximum=1.0)
+    if not 0.0 < share < 1.0:
+        raise ConfigError(f"TESTBED_CANARY_SHARE={raw!r} must lie strictly between 0 and 1")
+    return share
+
+
 def env_float(
     env: Mapping[str, str],
     name: str,
@@ -159,16 +182,6 @@ def env_int(
     return value
 
 
-def _env_flag(env: Mapping[str, str], name: str) -> bool:
-    """``env[name]`` as a switch: ``1``/``true``/``yes`` or ``0``/``false``/``no`` (unset: off)."""
-    raw = (env.get(name) or "0").strip().lower()
-    if raw in ("1", "true", "yes"):
-        return True
-    if raw in ("0", "false", "no", ""):
-        return False
-    raise ConfigError(f"{name}={raw!r} is not a switch: use 1 or 0")
-
-
 def _check_range(name: str, value: float, low: float | None, high: float | None) -> None:
     if low is not None and value < low:
         raise ConfigError(f"{name}={value:g} must be at least {low:g}")
@@ -197,6 +210,11 @@ class ProcessConfig:
     log_format: str = "auto"
     log_level: str = "info"
     drain_seconds: float = 5.0
+    canary_share: float | None = None
+    """A canary (``testbed deploy --canary``): the share of its service's traffic callers
+    send it, registered as metadata (``TESTBED_CANARY_SHARE``)."""
+    retry_budget: bool = True
+    """``TESTBED_RETRY_BUDGET=off``: retries without their budget (to show what it saves)."""
     reuse_port: bool = False
 
     def __post_init__(self) -> None:
@@ -262,5 +280,7 @@ class ProcessConfig:
             log_format=e.get("TESTBED_LOG_FORMAT") or "auto",
             log_level=(e.get("TESTBED_LOG_LEVEL") or "info").lower(),
             drain_seconds=env_float(e, "TESTBED_DRAIN_SECONDS", 5.0, minimum=0),
-            reuse_port=_env_flag(e, "TESTBED_REUSE_PORT"),
+            canary_share=_canary_share(e),
+            retry_budget=_on_off(e, "TESTBED_RETRY_BUDGET", default=True),
+            reuse_port=_on_off(e, "TESTBED_REUSE_PORT", default=False),
         )

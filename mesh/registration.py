@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 import aiohttp
 from aiohttp import web
 
+from mesh.discovery import CANARY_SHARE_KEY
 from mesh.process import ProcessConfig
 from mesh.registry_client import (
     Drained,
@@ -190,6 +191,8 @@ def registration_ctx(
         meta = {"pid": str(os.getpid())}
         if process.admin_port:
             meta["admin"] = f"{_loopback(process.host)}:{process.admin_port}"
+        if process.canary_share is not None:
+            meta[CANARY_SHARE_KEY] = f"{process.canary_share:g}"
         meta.update(metadata or {})
         if _EXTRA_METADATA_KEY in app:
             extra: dict[str, str] = app[_EXTRA_METADATA_KEY]

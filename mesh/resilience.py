@@ -155,11 +155,14 @@ PROFILES: dict[str, ResilienceProfile] = {
 
 def profile_for(process: ProcessConfig, upstream: str) -> ResilienceProfile:
     """The profile ``process`` applies to calls to ``upstream``: the named profile for that
-    link, with the link's per-try timeout when one is set (and the profile retries)."""
+    link, with the link's per-try timeout when one is set (and the profile retries), and
+    without its retry budget when the process says ``TESTBED_RETRY_BUDGET=off``."""
     profile = profile_named(process.resilience_for(upstream))
     per_try = process.per_try_timeouts.get(upstream)
     if per_try is not None and profile.retry is not None:
         profile = replace(profile, retry=replace(profile.retry, per_try_timeout=per_try))
+    if not process.retry_budget and profile.budget is not None:
+        profile = replace(profile, budget=None)
     return profile
 
 

@@ -41,6 +41,7 @@ from prometheus_client import (
 )
 
 from edge.front.fastlane import install_fast_lane
+from edge.front.guard import FRONT_LIMITS_KEY, ShapedRunner, install_request_guard
 from edge.front.wire import WIRE_LANE_KEY, WireSite
 from mesh.errors import TestbedError
 from mesh.process import ProcessConfig
@@ -235,21 +236,34 @@ async def _listening(
 ) -> AsyncIterator[web.AppRunner]:
     # handler_cancellation: a client that goes away cancels its handler (and so the handler's
     # outbound calls), as in aiohttp's test server; work that must outlive a request (a saga)
-    # runs in a task of its own. Behind a wire lane, aiohttp's server keeps the front's
-    # keep-alive timeout for the connections handed to it (aiohttp's own: 3,630 s).
+    # runs in a task of its own. At the edge (behind a wire lane, or with the front's limits:
+    # the gateway), aiohttp's server keeps the front's keep-alive timeout (aiohttp's own:
+    # 3,630 s; the balancer's pooled connections idle out after 30 s, below it).
+    # aiohttp's own answers (its parser's 400s) come in the app's error shape, and at the edge
+    # a request, head and body, must come within the front's request timeout, also on the
+    # connections aiohttp reads (edge.front.guard).
     lane = app.get(WIRE_LANE_KEY)
-    runner = web.AppRunner(
+    limits = lane.limits if lane is not None else app.get(FRONT_LIMITS_KEY)
+    shape = app.get(ERROR_SHAPE_KEY, RPC_ERRORS)
+    runner = ShapedRunner(
         app,
+        shape=shape,
+        limits=limits,
         handle_signals=False,
         access_log=None,
         shutdown_timeout=drain_seconds,
         handler_cancellation=True,
-        keepalive_timeout=3630.0 if lane is None else lane.limits.keepalive_timeout,
+        keepalive_timeout=3630.0 if limits is None else limits.keepalive_timeout,
+        # What is left of a body an early answer did not read is read and dropped for this
+        # long, then the connection closes (aiohttp's default: 10 s).
+        lingering_time=10.0 if limits is None else limits.request_timeout,
     )
     await runner.setup()
     assert runner.server is not None
     if install_fast_lane(runner.server, app):  # when it has one (edge.front.fastlane)
         _log.info("fast_lane_on", port=port)
+    if limits is not None:  # outermost: a body is whole (or refused) before any lane sees it
+        install_request_guard(runner.server, limits.request_timeout, shape)
     site: web.BaseSite
     try:
         # Shared with a successor (observability.handoff); bound here so a taken port fails

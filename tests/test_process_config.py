@@ -47,11 +47,18 @@ def test_resilience_overrides_win_per_upstream() -> None:
         ({"TESTBED_UPSTREAMS": "payments=nohostport"}, "nohostport"),
         ({"TESTBED_LOG_FORMAT": "xml"}, "xml"),
         ({"TESTBED_REUSE_PORT": "maybe"}, "TESTBED_REUSE_PORT"),
+        ({"TESTBED_CANARY_SHARE": "half"}, "TESTBED_CANARY_SHARE"),
+        ({"TESTBED_CANARY_SHARE": "1"}, "strictly between 0 and 1"),
     ],
 )
 def test_bad_values_are_named(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         ProcessConfig.from_env("orders", env)
+
+
+def test_a_canary_share_is_read_once() -> None:
+    assert ProcessConfig.from_env("payments", {"TESTBED_CANARY_SHARE": "0.25"}).canary_share == 0.25
+    assert ProcessConfig.from_env("payments", {}).canary_share is None
 
 
 def test_link_resilience_reaches_the_callers_environment(tmp_path: Path) -> None:
@@ -97,6 +104,18 @@ links:
     assert profile_for(config, "inventory") == profile_named("full")
     with pytest.raises(ConfigError, match="payments=fast"):
         ProcessConfig.from_env("orders", {"TESTBED_PER_TRY_TIMEOUT_MS": "payments=fast"})
+
+
+def test_the_retry_budget_can_be_lifted_to_show_what_it_saves() -> None:
+    on = ProcessConfig.from_env("orders", {})
+    off = ProcessConfig.from_env("orders", {"TESTBED_RETRY_BUDGET": "off"})
+    assert profile_for(on, "payments").budget is not None
+    lifted = profile_for(off, "payments")
+    assert lifted.budget is None
+    assert lifted.retry == profile_named("full").retry  # the retries themselves stay
+    assert profile_for(off, "payments") != profile_named("full")
+    with pytest.raises(ConfigError, match="TESTBED_RETRY_BUDGET='sometimes' is neither"):
+        ProcessConfig.from_env("orders", {"TESTBED_RETRY_BUDGET": "sometimes"})
 
 
 @pytest.mark.parametrize(

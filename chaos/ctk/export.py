@@ -24,6 +24,7 @@ from typing import Any
 from chaos.loader import iter_faults
 from chaos.model import (
     AuditProbe,
+    EjectionProbe,
     Experiment,
     FaultStep,
     HttpProbe,
@@ -67,6 +68,8 @@ def _probe_call(probe: ProbeSpec) -> tuple[str, dict[str, Any]]:
         if probe.json_path is not None:
             args["json_path"] = probe.json_path
         return "http", args
+    if isinstance(probe, EjectionProbe):
+        return "ejection", {"fault": probe.fault}
     assert isinstance(probe, AuditProbe)
     return "audit", {}
 

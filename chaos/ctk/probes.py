@@ -26,7 +26,16 @@ from chaos.probes import ProbeContext, measure
 from chaos.runner import SPAN_FLUSH_S, default_audit
 from mesh.errors import ConfigError
 
-__all__ = ["audit", "http", "localization", "locust", "phase", "prometheus", "within"]
+__all__ = [
+    "audit",
+    "ejection",
+    "http",
+    "localization",
+    "locust",
+    "phase",
+    "prometheus",
+    "within",
+]
 
 _PROBE: TypeAdapter[Any] = TypeAdapter(cast(Any, ProbeSpec))  # an Annotated union
 _ANY = {"min": float("-inf")}
@@ -88,6 +97,13 @@ def locust(
 def audit(configuration: dict[str, Any] | None = None) -> float | None:
     """The data audit across orders, payments, inventory and catalog: violations found."""
     value: float | None = _measure({"type": "audit"}, configuration)
+    return value
+
+
+def ejection(fault: str, configuration: dict[str, Any] | None = None) -> float | None:
+    """Seconds from the fault ``fault``'s application until the load balancer took the
+    faulted instance out of rotation (its admin API's ``GET /ejections``)."""
+    value: float | None = _measure({"type": "ejection", "fault": fault}, configuration)
     return value
 
 

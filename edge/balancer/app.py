@@ -5,13 +5,16 @@ pool, the keep-alive ``UpstreamClient`` (the balancer's own HTTP/1.1 client, ope
 in a ``cleanup_ctx``), the health checker task (on an aiohttp ``ClientSession``: a few requests
 a second need no special client) and the metrics. ``/healthz``, ``/readyz`` and ``/metrics``
 are the balancer's own; every other path is proxied, on the wire lane (``edge.front.wire``)
-for connections that start there, else through aiohttp.
+for connections that start there, else through aiohttp. ``create_balancer_admin_app`` adds
+``GET /ejections`` to the admin API: which instances are in rotation, and the recent
+ejections and readmissions with their times and reasons (``edge.balancer.pool``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable
 
 import aiohttp
@@ -28,7 +31,7 @@ from edge.balancer.upstream import UpstreamClient
 from edge.front.fastlane import FAST_LANE_KEY, FastLane
 from edge.front.wire import WIRE_LANE_KEY, Reply, WireLane, WireRequest
 from mesh.discovery import Discovery, StaticDiscovery
-from observability.app import REGISTRY_KEY, create_base_app
+from observability.app import REGISTRY_KEY, create_admin_app, create_base_app
 from observability.errors import PROBLEM_ERRORS
 
 POOL_KEY = web.AppKey("balancer_pool", UpstreamPool)
@@ -44,6 +47,7 @@ def upstream_client(config: BalancerConfig) -> UpstreamClient:
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
         total_timeout=config.total_timeout,
+        first_byte_timeout=config.first_byte_timeout,
         idle_timeout=config.idle_timeout,
         per_host=config.pool_per_host,
         total=config.pool_size,
@@ -79,6 +83,7 @@ def create_app(
             trust_env=False,
         )
         app[CLIENT_KEY] = client
+        pool.client = client
         proxy = Proxy(config, pool, client, metrics)
         app[PROXY_KEY] = proxy
         checker = asyncio.create_task(pool.run_health_checks(health_session))
@@ -88,6 +93,7 @@ def create_app(
             checker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await checker
+            pool.client = None
             await client.close()
             await health_session.close()
             await disc.close()
@@ -108,6 +114,25 @@ def create_app(
     app[WIRE_LANE_KEY] = WireLane(resource.canonical, handle_wire, config.buffer_bytes)
     app[FAST_LANE_KEY] = FastLane(resource.canonical, handler=handle)
     return app
+
+
+def create_balancer_admin_app(app: web.Application) -> web.Application:
+    """The admin API (faults, ``observability.app``) plus ``GET /ejections``."""
+    admin = create_admin_app(app)
+    pool = app[POOL_KEY]
+
+    async def ejections(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "service": pool.service,
+                "now": time.time(),
+                "instances": pool.state(),
+                "events": [e.as_dict() for e in pool.events],
+            }
+        )
+
+    admin.router.add_get("/ejections", ejections)
+    return admin
 
 
 class CatchAllResource(web.PlainResource):

@@ -11,13 +11,21 @@ gateway replicas for static discovery):
                                  whose hash header is honoured; it is dropped from the others'
                                  requests (default: none; the embedded stack sets 127.0.0.1/32)
 ``BALANCER_HEALTH_PATH``         active health check path (default ``/readyz``)
-``BALANCER_HEALTH_INTERVAL``     seconds between checks of each instance (default 0.5)
-``BALANCER_HEALTH_TIMEOUT``      deadline of one check (default 0.5)
+``BALANCER_HEALTH_INTERVAL``     seconds between checks of each instance (default 0.1; none
+                                 while an instance is between states)
+``BALANCER_HEALTH_TIMEOUT``      deadline of one check (default 0.3); a check that times out
+                                 while requests to the instance wait and not one byte came
+                                 from it since the check began takes it out at once
+                                 (``unresponsive``: frozen under load)
 ``BALANCER_HEALTH_FALL``         failed checks in a row that take an instance out (default 2)
-``BALANCER_HEALTH_RISE``         passed checks in a row that put it back (default 2)
+``BALANCER_HEALTH_RISE``         passed checks in a row that put it back (default 2); the only
+                                 way back in, whatever took the instance out
 ``BALANCER_CONNECT_TIMEOUT``     deadline to get a connection to an instance (default 1.0)
-``BALANCER_READ_TIMEOUT``        longest silence while waiting for/reading an answer, -> 504
-                                 (default 30)
+``BALANCER_FIRST_BYTE_TIMEOUT``  longest wait for the first byte of an answer once the request
+                                 is sent (HAProxy's ``timeout server`` for the head; default 5,
+                                 well above a healthy gateway's p99 under load): then a safe
+                                 request is sent once to another instance, any other gets 504
+``BALANCER_READ_TIMEOUT``        longest silence while reading an answer, -> 504 (default 30)
 ``BALANCER_TOTAL_TIMEOUT``       cap on one whole upstream exchange (default 300)
 ``BALANCER_POOL_SIZE``           keep-alive connections in total (default 512)
 ``BALANCER_POOL_PER_HOST``       ... per instance (default 128); a request finding them all busy
@@ -28,8 +36,9 @@ gateway replicas for static discovery):
 ``BALANCER_RETRY_KEYED``         ``1`` (default): a POST/PATCH carrying an ``Idempotency-Key`` is
                                  as safe to send twice as a GET (the gateway deduplicates it);
                                  ``0``: never repeat a written non-idempotent request
-``BALANCER_OUTLIER_FAILURES``    consecutive failures that eject an instance (default 3)
-``BALANCER_EJECTION_SECONDS``    base ejection time (default 5)
+``BALANCER_OUTLIER_FAILURES``    consecutive failures on live traffic (5xx, reset, first-byte
+                                 timeout) that take an instance out (default 3); a refused
+                                 connection takes it out at once
 ``BALANCER_BUFFER_BYTES``        bodies up to this size are read whole (fast path, and a
                                  request body can be replayed on a retry); larger ones stream
                                  (default 65536)
@@ -57,11 +66,12 @@ class BalancerConfig:
     hash_header: str | None = None
     trusted_peers: TrustedNetworks = field(default_factory=TrustedNetworks)
     health_path: str = "/readyz"
-    health_interval: float = 0.5
-    health_timeout: float = 0.5
+    health_interval: float = 0.1
+    health_timeout: float = 0.3
     health_fall: int = 2
     health_rise: int = 2
     connect_timeout: float = 1.0
+    first_byte_timeout: float = 5.0
     read_timeout: float = 30.0
     total_timeout: float = 300.0
     pool_size: int = 512
@@ -70,7 +80,6 @@ class BalancerConfig:
     retries: int = 2
     retry_keyed: bool = True
     outlier_failures: int = 3
-    ejection_seconds: float = 5.0
     buffer_bytes: int = 65_536
 
     def __post_init__(self) -> None:
@@ -95,11 +104,12 @@ class BalancerConfig:
                 e.get("BALANCER_TRUSTED_PEERS", ""), "BALANCER_TRUSTED_PEERS"
             ),
             health_path=e.get("BALANCER_HEALTH_PATH") or "/readyz",
-            health_interval=env_float(e, "BALANCER_HEALTH_INTERVAL", 0.5, minimum=0.01),
-            health_timeout=env_float(e, "BALANCER_HEALTH_TIMEOUT", 0.5, minimum=0.01),
+            health_interval=env_float(e, "BALANCER_HEALTH_INTERVAL", 0.1, minimum=0.01),
+            health_timeout=env_float(e, "BALANCER_HEALTH_TIMEOUT", 0.3, minimum=0.01),
             health_fall=env_int(e, "BALANCER_HEALTH_FALL", 2, minimum=1),
             health_rise=env_int(e, "BALANCER_HEALTH_RISE", 2, minimum=1),
             connect_timeout=env_float(e, "BALANCER_CONNECT_TIMEOUT", 1.0, minimum=0.01),
+            first_byte_timeout=env_float(e, "BALANCER_FIRST_BYTE_TIMEOUT", 5.0, minimum=0.01),
             read_timeout=env_float(e, "BALANCER_READ_TIMEOUT", 30.0, minimum=0.01),
             total_timeout=env_float(e, "BALANCER_TOTAL_TIMEOUT", 300.0, minimum=0.01),
             pool_size=env_int(e, "BALANCER_POOL_SIZE", 512, minimum=1),
@@ -109,6 +119,5 @@ class BalancerConfig:
             retry_keyed=(e.get("BALANCER_RETRY_KEYED") or "1").strip().lower()
             not in ("0", "false", "no", "off"),
             outlier_failures=env_int(e, "BALANCER_OUTLIER_FAILURES", 3, minimum=1),
-            ejection_seconds=env_float(e, "BALANCER_EJECTION_SECONDS", 5.0, minimum=0.01),
             buffer_bytes=env_int(e, "BALANCER_BUFFER_BYTES", 65_536, minimum=0),
         )

@@ -97,6 +97,12 @@ class BalancerMetrics:
             ["upstream", "reason"],
             registry=registry,
         )
+        self.last_ejection = Gauge(
+            "balancer_upstream_last_ejection_timestamp_seconds",
+            "When an instance was last taken out of rotation (Unix time).",
+            ["upstream"],
+            registry=registry,
+        )
         self.retries = Counter(
             "balancer_upstream_retries_total",
             "Requests retried on another instance after this instance failed them.",

@@ -25,8 +25,16 @@ Failure handling:
 - connection reset, or an answer that is not HTTP, before the answer's headers: retried on
   another instance only for idempotent (or keyed) requests with a replayable body; otherwise
   502. A draining instance closing a connection a checkout is on costs no failed checkout.
-- no answer within ``read_timeout`` (or the exchange beyond ``total_timeout``): 504, not retried
-  (it would only multiply the wait).
+- no first byte of answer within ``first_byte_timeout`` of the request being sent (HAProxy's
+  ``timeout server``; or the instance was found frozen by a health check meanwhile,
+  ``edge.balancer.pool``): a safe request (idempotent method, or keyed as above) is sent once
+  more, to another instance; any other gets 504 (never a silent duplicate). The instance
+  counts a failure towards its ejection.
+- silence for ``read_timeout`` mid-answer (or the exchange beyond ``total_timeout``): 504, not
+  retried (it would only multiply the wait).
+
+Every answer and failure feeds the pool's passive ejection (``UpstreamPool.answered``,
+``live_failure``, ``connect_failed``).
 - a failure after the answer started: the client connection is closed (a truncated body is the
   only honest signal left).
 
@@ -64,6 +72,7 @@ from edge.balancer.metrics import BalancerMetrics, InstanceMetrics
 from edge.balancer.pool import UpstreamPool
 from edge.balancer.upstream import (
     ConnectFailed,
+    FirstByteTimeout,
     PoolExhausted,
     UpstreamClient,
     UpstreamConnection,
@@ -264,6 +273,7 @@ class Proxy:
             try:
                 try:
                     conn = host.take_idle() or await host.acquire()
+                    conn.safe = safe
                     try:
                         if stream is None:
                             await conn.send(head, body, no_body)
@@ -277,6 +287,7 @@ class Proxy:
                         host.release(conn)
                         conn = None
                         conn = await host.acquire(fresh=True)
+                        conn.safe = safe
                         if stream is None:
                             await conn.send(head, body, no_body)
                         else:
@@ -285,19 +296,18 @@ class Proxy:
                     if conn is not None and conn.status:
                         # The headers came, then the (small) body broke off: it answered.
                         stats.done(conn.status, conn.headers_at - started)
-                        self._judge(instance, conn.status)
+                        pool.answered(instance, conn.status)
                         return out.problem(*_broken_off(exc))
                     stats.done(exc.code, loop.time() - started)
                     failure, retry = self._failed(instance, exc, safe)
                     if retry:
+                        if isinstance(exc, FirstByteTimeout):
+                            safe = False  # sent once more at most: a timeout multiplies waits
                         continue
                     return out.problem(*failure)
                 status = conn.status
                 stats.done(status, conn.headers_at - started)
-                if status >= 500:
-                    balancer.record_failure(instance)
-                else:
-                    balancer.record_success(instance)
+                pool.answered(instance, status)
                 if conn.streaming:
                     return await out.stream(conn, status, no_body)
                 return out.whole(conn, status, no_body)
@@ -308,12 +318,6 @@ class Proxy:
                     balancer.end(instance)
         assert failure is not None
         return out.problem(*failure)
-
-    def _judge(self, instance: Instance, status: int) -> None:
-        if status >= 500:
-            self.pool.balancer.record_failure(instance)
-        else:
-            self.pool.balancer.record_success(instance)
 
     def _failed(
         self, instance: Instance, exc: UpstreamError, safe: bool
@@ -327,10 +331,11 @@ class Proxy:
         if isinstance(exc, PoolExhausted):
             _log.warning("upstream_pool_full", upstream=instance.id, error=str(exc))
             return (503, "unavailable", f"every connection to {instance.id} is busy"), False
-        self.pool.balancer.record_failure(instance)
+        self.pool.live_failure(instance)
         if isinstance(exc, UpstreamTimeout):
-            _log.warning("upstream_timeout", upstream=instance.id, error=str(exc))
-            return (504, "deadline_exceeded", f"{instance.id} did not answer in time"), False
+            retry = safe and isinstance(exc, FirstByteTimeout)
+            _log.warning("upstream_timeout", upstream=instance.id, error=str(exc), retry=retry)
+            return (504, "deadline_exceeded", f"{instance.id} did not answer in time"), retry
         _log.warning("upstream_reset", upstream=instance.id, error=str(exc), code=exc.code)
         return (502, "unavailable", f"{instance.id} closed the connection"), safe
 

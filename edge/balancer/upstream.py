@@ -34,11 +34,17 @@ What it does, per instance (``HostPool``, keyed by ``host:port``):
   body, larger than ``buffer_bytes`` or of unknown length) is copied chunk by chunk with the
   client's ``Content-Length``, or chunked when the client sent none, waiting whenever the
   upstream's socket buffer is full.
-- Deadlines: ``connect_timeout`` to connect (``ConnectFailed``); ``read_timeout`` for any
-  silence of the upstream while it owes bytes (until the headers, and between body bytes; a
-  pause the balancer imposed does not count) and ``total_timeout`` for the whole exchange
-  (``UpstreamTimeout``), checked by one ticker per client over the exchanges in flight (every
-  quarter of the shorter timeout, at most every second) rather than by a timer per exchange.
+- Deadlines: ``connect_timeout`` to connect (``ConnectFailed``); ``first_byte_timeout`` from
+  the request sent whole until the first byte of the answer (``FirstByteTimeout``: HAProxy's
+  ``timeout server`` before the answer starts); ``read_timeout`` for any other silence of the
+  upstream while it owes bytes (between body bytes; a pause the balancer imposed does not
+  count) and ``total_timeout`` for the whole exchange (``UpstreamTimeout``), checked by one
+  ticker per client over the exchanges in flight (every eighth of the first-byte timeout or
+  quarter of the others, at most every second) rather than by a timer per exchange.
+- For the pool's health checks: ``stalled(address, since)`` says whether requests to an
+  instance wait for their answer while not one byte came from it since ``since`` (it froze),
+  and ``abort_waiting`` fails the safe ones (``UpstreamConnection.safe``, set by the proxy)
+  with ``FirstByteTimeout`` so the proxy repeats them elsewhere at once.
 - ``UpstreamReset`` when the connection closes or breaks before the answer is complete;
   ``.stale`` says it was a reused connection and not one byte of answer arrived (the keep-alive
   race: the upstream closed it while idle, so it processed nothing). ``BadResponse`` when the
@@ -107,6 +113,11 @@ class UpstreamTimeout(UpstreamError):
     code = "timeout"
 
 
+class FirstByteTimeout(UpstreamTimeout):
+    """Not one byte of answer came within ``first_byte_timeout`` of the request being sent,
+    or the instance was found frozen meanwhile (``UpstreamClient.abort_waiting``)."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to an instance, carrying one exchange at a time.
 
@@ -138,6 +149,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.done = False  # the answer is complete
         self.error: UpstreamError | None = None
         self.body_sent = True
+        self.safe = False  # the request may be sent again elsewhere (set by the proxy)
         self._holds_slot = True  # counted in the pool's limits until released once
         self._deadline = 0.0
         self._activity = 0.0
@@ -184,7 +196,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self.close()  # bytes nobody asked for: this connection's framing is lost
             return
         self._seen_bytes = True
-        self._activity = self.loop.time()
+        self._activity = self.pool.last_received = self.loop.time()
         try:
             self.parser.feed_data(data)
         except HttpParserError as exc:
@@ -427,10 +439,12 @@ class UpstreamConnection(asyncio.Protocol):
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
-    def _check_deadlines(self, now: float, read_timeout: float) -> None:
+    def _check_deadlines(self, now: float, read_timeout: float, first_byte: float) -> None:
         """The client's ticker: fail the exchange if a deadline passed."""
         if now >= self._deadline:
             self._fail(UpstreamTimeout("the exchange took longer than the total timeout"))
+        elif not self._seen_bytes and self.body_sent and now - self._activity >= first_byte:
+            self._fail(FirstByteTimeout(f"no answer within {first_byte:g}s"))
         elif self._reading_paused:
             self._activity = now  # waiting for the balancer's client, not for the upstream
         elif now - self._activity >= read_timeout:
@@ -455,6 +469,7 @@ class HostPool:
             self.host_line = b"Host: %s\r\n" % address.encode("idna")
         self.idle: list[UpstreamConnection] = []  # oldest first, reused from the end
         self.count = 0  # connections open or opening
+        self.last_received = 0.0  # loop time of the last byte any connection received
         self.waiters: deque[asyncio.Future[None]] = deque()
 
     def take_idle(self) -> UpstreamConnection | None:
@@ -584,6 +599,7 @@ class UpstreamClient:
         connect_timeout: float,
         read_timeout: float,
         total_timeout: float,
+        first_byte_timeout: float | None = None,
         idle_timeout: float = 30.0,
         per_host: int = 128,
         total: int = 512,
@@ -593,6 +609,7 @@ class UpstreamClient:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.total_timeout = total_timeout
+        self.first_byte_timeout = read_timeout if first_byte_timeout is None else first_byte_timeout
         self.idle_timeout = idle_timeout
         self.per_host = per_host
         self.total = total
@@ -605,7 +622,9 @@ class UpstreamClient:
         # exchange (uvloop's call_at + cancel cost ~2 us, a tenth of a proxied request).
         self._watching: set[UpstreamConnection] = set()
         self._ticker: asyncio.TimerHandle | None = None
-        self.tick = max(0.01, min(read_timeout / 4, total_timeout / 4, 1.0))
+        self.tick = max(
+            0.01, min(read_timeout / 4, total_timeout / 4, self.first_byte_timeout / 8, 1.0)
+        )
 
     def host(self, address: str) -> HostPool:
         pool = self.hosts.get(address)
@@ -645,8 +664,9 @@ class UpstreamClient:
     def _on_tick(self) -> None:
         self._ticker = None
         now = self.loop.time()
+        read, first_byte = self.read_timeout, self.first_byte_timeout
         for conn in list(self._watching):
-            conn._check_deadlines(now, self.read_timeout)
+            conn._check_deadlines(now, read, first_byte)
         if self._watching:
             self._ticker = self.loop.call_later(self.tick, self._on_tick)
 
@@ -667,6 +687,30 @@ class UpstreamClient:
                 del self.hosts[address]
         if any_idle:
             self._start_reaper()
+
+    def stalled(self, address: str, since: float) -> bool:
+        """Whether a request to ``address`` sent before ``since`` (loop time) still waits for
+        its first byte while not one byte came from ``address`` on any connection since."""
+        pool = self.hosts.get(address)
+        if pool is None or pool.last_received >= since:
+            return False
+        return any(
+            c.pool is pool and not c._seen_bytes and c.body_sent and c._activity <= since
+            for c in self._watching
+        )
+
+    def abort_waiting(self, address: str, reason: str) -> int:
+        """Fail every safe request to ``address`` still waiting for its first byte (its
+        connection closes): the proxy sends them to another instance. How many there were."""
+        waiting = [
+            c
+            for c in self._watching
+            if c.pool.address == address and c.safe and not c._seen_bytes and c.body_sent
+        ]
+        for conn in waiting:
+            conn._fail(FirstByteTimeout(reason))
+            conn.close()
+        return len(waiting)
 
     def idle_count(self) -> int:
         return sum(len(p.idle) for p in self.hosts.values())

@@ -24,7 +24,9 @@ request without exactly one valid ``Host`` a 400; an absolute-form target is rew
 origin-form with its authority as the ``Host`` (RFC 9112 3.2.2), a fragment dropped; a request
 not whole in time gets a 408; idle connections close, and ones whose answers stay unread are
 aborted (``close`` would wait for the flush); a process takes a bounded number of
-connections. Its own refusals are problem+json with ``Connection: close``.
+connections. Its own refusals are in the app's error shape (problem+json at the edge) with a
+trace id made for them (no span exists for a request refused unread) and ``Connection:
+close``; ``edge.front.guard`` does the same for the connections aiohttp reads.
 
 Whatever the lane does not serve, it gives to aiohttp, whole: the connection is handed to an
 aiohttp ``RequestHandler`` of the app's own server (``transport.set_protocol``) with the bytes
@@ -41,7 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import random
 import re
 import socket
 import time
@@ -68,7 +70,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from observability.errors import RPC_ERRORS, ErrorShape
+from observability.errors import RPC_ERRORS, ErrorShape, code_for_status, status_title
 from observability.keys import (
     ERROR_SHAPE_KEY,
     FAULTS_KEY,
@@ -100,7 +102,9 @@ __all__ = [
     "WireRequest",
     "WireSite",
     "date_line",
+    "new_trace_id",
     "origin_target",
+    "refusal",
     "self_made_head",
 ]
 
@@ -161,12 +165,6 @@ _TRACEPARENT: Final = "00-%032x-%016x-%02x"
 _HOST_FIELD: Final = re.compile(rb"\r\nhost:[^\r]*", re.IGNORECASE)
 # A Host value: reg-name or IP literal, optional port (RFC 3986 characters; no userinfo).
 _HOST_VALUE: Final = re.compile(rb"[A-Za-z0-9._~%!$&'()*+,;=:\[\]-]*")
-_REASONS: Final = {
-    400: b"Bad Request",
-    408: b"Request Timeout",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-}
 _log = get_logger("edge.front.wire")
 
 
@@ -666,21 +664,14 @@ class WireProtocol(asyncio.Protocol):
         return target, authority
 
     def _refuse(self, status: int, detail: str) -> None:
-        """Answer ``status`` (problem+json) and close: nothing more is read."""
+        """Answer ``status`` (in the app's error shape) and close: nothing more is read."""
         self._refused = True
         self._pending = None
         self._buffer.clear()
         transport = self._transport
         if transport is None:
             return
-        reason = _REASONS[status]
-        body = json.dumps(
-            {"type": "about:blank", "title": reason.decode(), "status": status, "detail": detail}
-        ).encode()
-        transport.write(
-            b"HTTP/1.1 %d %s\r\n%sContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (status, reason, self_made_head(b"application/problem+json"), len(body), body)
-        )
+        transport.write(refusal(self._front.error_shape, status, detail, new_trace_id()))
         transport.close()
 
     def check_deadlines(self, now: float, limits: FrontLimits) -> None:
@@ -819,6 +810,26 @@ def date_line() -> bytes:
 def self_made_head(content_type: bytes) -> bytes:
     """The head lines of an answer this process makes itself (not relayed), as aiohttp's."""
     return b"Content-Type: %s\r\n%s%s" % (content_type, date_line(), SERVER_LINE)
+
+
+def new_trace_id() -> str:
+    """A trace id (lowercase hex) for an answer no span exists for (a request refused
+    before it was read whole)."""
+    return f"{random.getrandbits(128):032x}"
+
+
+def refusal(shape: ErrorShape, status: int, detail: str, trace_id: str) -> bytes:
+    """A whole answer refusing a request, in the app's error shape, with ``Connection:
+    close`` (the wire front's own refusals and aiohttp's, ``edge.front.guard``)."""
+    content_type, body = shape.encoded(status, detail, code_for_status(status), trace_id)
+    head = self_made_head(content_type) + b"Cache-Control: no-store\r\n"
+    return b"HTTP/1.1 %d %s\r\n%sContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (
+        status,
+        status_title(status).encode(),
+        head,
+        len(body),
+        body,
+    )
 
 
 def origin_target(request: web.BaseRequest) -> str:

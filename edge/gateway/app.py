@@ -13,6 +13,8 @@ from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
+from edge.front.guard import FRONT_LIMITS_KEY
+from edge.front.wire import FrontLimits
 from edge.gateway.auth import KeyRing, auth_middleware
 from edge.gateway.config import GatewayConfig
 from edge.gateway.metrics import GatewayMetrics
@@ -46,6 +48,9 @@ def create_app(
         tracer_provider=tracer_provider,
         error_shape=PROBLEM_ERRORS,  # a client's answer: the edge's one error shape
     )
+    # The edge's limits on the connections aiohttp reads: a request not whole within the
+    # request timeout gets a 408 (edge.front.guard; PoPs and the balancer have their lane's).
+    app[FRONT_LIMITS_KEY] = FrontLimits()
     metrics = GatewayMetrics.register(app[REGISTRY_KEY])
     app[GATEWAY_CONFIG_KEY] = config
     app[GATEWAY_METRICS_KEY] = metrics

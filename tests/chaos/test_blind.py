@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from chaos.blind import _Event, _rates, localize_blind
+from chaos.blind import _baselines, _Event, _rates, localize_blind
 from chaos.rcascore import Truth, rank_of
 from observability.spans import AttrValue, SpanKind, SpanRecord, SpanStatus
 
@@ -285,3 +285,16 @@ def test_a_sparse_series_baseline_is_taken_over_time_not_busy_seconds() -> None:
     assert _rates(per_bin, lambda e: e.bad_error) == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]
     assert _rates([[], [], [bad, ok]], lambda e: e.bad_error) == [0.5]
     assert _rates([[], []], lambda e: e.bad_error) == [0.0]
+
+
+def test_a_scan_is_judged_against_what_came_before_when_that_was_quieter() -> None:
+    # One call a second, all fine for 10 s, then every call fails and the callers stop
+    # calling: over time the failure rate is the fault's own (the last seen, carried to the
+    # end); what came before each second is not.
+    counts = [1] * 10 + [1, 1, 1, 1, 1] + [0] * 10
+    marks = [0] * 10 + [1, 1, 1, 1, 1] + [0] * 10
+    base = _baselines(counts, marks, whole=0.5)
+    assert base[:5] == [0.5] * 5  # too few events before: the whole run's rate
+    assert base[5:11] == [0.01] * 6  # nothing failed before: the floor
+    assert base[12] == pytest.approx(2 / 12)  # two of the twelve before it failed
+    assert max(base) == 0.5

@@ -11,10 +11,12 @@ from click.testing import CliRunner
 
 from chaos.compare import (
     Metrics,
+    Probe,
     Variant,
     difference_sentence,
     metrics_of,
     parse_variant,
+    probe_rows,
     variant_experiment,
     variant_topology,
 )
@@ -22,7 +24,7 @@ from chaos.demo import fit_load, method_seconds, topology_for
 from chaos.execute import shipped_experiments
 from chaos.journal import Verdict
 from chaos.loader import ExperimentError, parse_experiment
-from chaos.model import CLAIMS, PARTS
+from chaos.model import CLAIMS, PARTS, DeployStep
 from chaos.pages import write_compare_report, write_suite_index
 from chaos.runner import expected_outcome
 from management.cli import cli
@@ -122,6 +124,8 @@ def test_variants_parse_and_change_the_requirements(tmp_path: Path) -> None:
         ("x:instances.orders=0", "count 1-10"),
         ("x:colour=blue", "unknown setting 'colour'"),
         (f"x:topology={tmp_path / 'missing.yaml'}", "no topology file"),
+        ("x:env.orders=off", "env.<component>.<NAME>=VALUE"),
+        ("x:env.orders.lower=off", "NAME in capitals"),
     ):
         with pytest.raises(ConfigError, match=words):
             parse_variant(bad)
@@ -136,6 +140,12 @@ def test_variants_parse_and_change_the_requirements(tmp_path: Path) -> None:
     assert one.instance_count("catalog") == 1
     _, kill = shipped_experiments()["orders-kill"]
     assert variant_experiment(kill, naive).requires.consistency == {"orders": "naive"}
+    lifted = parse_variant("no-budget:env.orders.TESTBED_RETRY_BUDGET=off")
+    assert lifted.describe() == "env.orders.TESTBED_RETRY_BUDGET=off"
+    topo = variant_topology(load_topology(None), exp, lifted)
+    assert topo.components["orders"].env["TESTBED_RETRY_BUDGET"] == "off"
+    with pytest.raises(ConfigError, match="no component 'ordres'"):
+        variant_topology(load_topology(None), exp, parse_variant("x:env.ordres.A=1"))
 
 
 def _m(name: str, p99: float, err: float = 0.0, audit: str = "pass") -> Metrics:
@@ -154,16 +164,37 @@ def test_the_sentence_names_the_biggest_difference() -> None:
     )
 
 
+def test_a_probe_met_in_one_variant_and_missed_in_the_other_is_the_difference() -> None:
+    budget = dataclasses.replace(
+        _m("budget", 300), probes={"tries-per-call": Probe(1.08, True, "<= 1.3")}
+    )
+    lifted = dataclasses.replace(
+        _m("no-budget", 310), probes={"tries-per-call": Probe(1.74, False, "<= 1.3")}
+    )
+    assert difference_sentence([budget, lifted]) == (
+        "Tries-per-call is 1.08 with budget against 1.74 with no-budget (wanted <= 1.3)."
+    )
+    assert probe_rows([budget, lifted, _m("third", 300)]) == [
+        ("tries-per-call", ["1.08 ok", "1.74 (wanted <= 1.3)", "-"])
+    ]
+
+
 def test_metrics_and_pages_from_a_journal(tmp_path: Path) -> None:
     journal = {
         "verdict": "passed",
         "as_expected": True,
         "timeline": [{"phase": "method", "start": 100.0, "end": 120.0}],
         "load": {"method": {"requests": 400, "error_ratio": 0.01, "p99_ms": 900, "p50_ms": 80}},
-    }
+        "probes": [
+            {"phase": "steady_state:before", "name": "p99", "value": 10, "ok": True},
+            {"phase": "verify:after", "name": "tries", "value": 1.2, "ok": True,
+             "tolerance": "<= 1.3"},
+        ],
+    }  # fmt: skip
     m = metrics_of("full", journal, None)
     assert (m.rps, m.p50_ms, m.p99_ms, m.error_ratio) == (20.0, 80, 900, 0.01)
     assert (m.detected, m.located) == ("-", "-")
+    assert m.probes == {"tries": Probe(1.2, True, "<= 1.3")}  # final values only
     m = dataclasses.replace(m, detected="1.8 s", located="yes (#1)")
     page = write_compare_report(
         tmp_path,
@@ -173,8 +204,10 @@ def test_metrics_and_pages_from_a_journal(tmp_path: Path) -> None:
         rows=[m.__dict__],
         journals=[("full", None)],
         sentence="Only one variant ran.",
+        probes=probe_rows([m]),
     )
     html = page.read_text()
+    assert '<td>tries</td><td class="num">1.2 ok</td>' in html
     assert "T &lt;1&gt;" in html
     assert "resilience.gateway=full" in html
     assert "20.0" in html
@@ -196,3 +229,33 @@ def test_a_cut_load_still_covers_floods_and_management_steps() -> None:
     assert flood.load is not None
     assert flood.load.duration >= flood.load.warmup + 2 + 20  # the pause and the 20 s flood
     assert method_seconds(shipped["registry-kill-scaling"][1].method) >= 2 + 0.5 + 2 * 10 + 3
+    # A canary's judging window is part of the method: a cut load still covers it.
+    assert method_seconds(shipped["canary-rollback"][1].method) >= 3 + 25 + 5
+
+
+def test_flexibility_has_a_judged_canary_with_a_bad_build() -> None:
+    _, exp = shipped_experiments()["canary-rollback"]
+    assert exp.claim == "flexibility"
+    (deploy,) = [s for s in exp.method if isinstance(s, DeployStep)]
+    canary = deploy.deploy.canary
+    assert canary is not None
+    assert canary.bad_build is not None
+    assert 0 < canary.share < 0.5
+
+
+@pytest.mark.parametrize(
+    ("canary", "named"),
+    [
+        ("{share: 1.5}", "share"),
+        ("{judge_for: soon}", "judge_for"),
+        ("{bad_build: {type: service.latency}}", "latency_ms"),
+        ("{bad_build: {type: process.kill}}", "bad_build.type"),
+        ("{shares: 0.2}", "shares"),
+    ],
+)
+def test_a_bad_canary_step_is_named(canary: str, named: str) -> None:
+    text = _BASE.replace(
+        "  - pause: 1s", f"  - deploy: {{service: payments, version: v2, canary: {canary}}}"
+    )
+    with pytest.raises(ExperimentError, match=named):
+        parse_experiment(text, "exp.yaml")

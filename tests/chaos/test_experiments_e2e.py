@@ -1,7 +1,7 @@
 """The shipped experiments end to end against the real stack (as ``testbed demo`` runs them).
 
-One test, because bringing a stack up costs tens of seconds on two cores: the payments-latency
-and orders-kill experiments share one stack (the demo groups them), the naive one gets its own.
+One test, because bringing a stack up costs tens of seconds on two cores: the experiments that
+fit the default system share one stack (the demo groups them), the naive one gets its own.
 Each journal is checked for what the experiment promises to show.
 """
 
@@ -58,7 +58,7 @@ async def test_shipped_experiments_end_to_end(
     console = Console(width=140, force_terminal=False)
     results = await run_demo(tmp_path / "demo", console, base_port=base_port, live=False)
     by_title = {r.title: r for r in results}
-    assert len(results) == 3
+    assert len(results) == 5
     assert current_run_dir() is None, "every stack the demo started is down again"
 
     # 1. latency on one payments instance: the SLO holds; the journal shows the toxic.
@@ -99,7 +99,18 @@ async def test_shipped_experiments_end_to_end(
     assert audit["value"] > 0
     assert audit["ok"] is False
 
-    # 4. each fault was detected by an alert about what it touched (the rules loaded in the
+    # 4. the parts: the CDN keeps the storefront up from stale copies while the origin is
+    # down; the gateway refuses one key's flood while the other shoppers' p99 holds.
+    cdn = by_title["The origin is down for every PoP; the storefront stays up from the caches"]
+    assert cdn.verdict is Verdict.PASSED, cdn.reason
+    j4 = _journal(cdn.journal_path)
+    for region in ("sa", "us", "eu"):
+        assert _probe(j4, f"stale-served-{region}")["value"] >= 1
+    flood = by_title["One key's flood is rate-limited while the other keys' p99 holds"]
+    assert flood.verdict is Verdict.PASSED, flood.reason
+    assert _probe(_journal(flood.journal_path), "requests-rate-limited")["value"] >= 1000
+
+    # 5. each fault was detected by an alert about what it touched (the rules loaded in the
     # stack's real Prometheus fired on the real fault); times are recorded, not asserted.
     # Not the naive experiment's second fault: its kill may land on the instance the first
     # one's crash already took down, whose InstanceDown is firing: nothing new to see then.

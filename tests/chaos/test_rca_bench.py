@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos.rcabench import QUICK, bench_cases, run_bench
+from chaos.rcabench import QUICK, SMOKE, bench_cases, run_bench
 from tests.support.processes import REPO_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -24,7 +24,11 @@ async def test_quick_bench_runs_localises_blind_and_scores(
     monkeypatch.setenv("TESTBED_STATE_DIR", str(tmp_path / "state"))
     lines: list[str] = []
     out = await run_bench(
-        tmp_path / "bench", bench_cases(quick=True), seed=3, progress=lines.append
+        tmp_path / "bench",
+        bench_cases(quick=True),
+        seed=3,
+        progress=lines.append,
+        timing=SMOKE,
     )
 
     assert [r["case"] for r in out["cases"]] == list(QUICK)

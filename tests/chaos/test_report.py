@@ -561,3 +561,38 @@ def test_each_fault_links_to_its_traces_in_the_trace_ui(tmp_path: Path) -> None:
     html = write_report(write_journal(tmp_path / "run", data)).read_text(encoding="utf-8")
     assert 'class="traces"' not in html
     assert "<th>traces</th>" not in html
+
+
+CANARY = {
+    "service": "payments",
+    "version": "v3",
+    "instance": "payments-canary",
+    "share_asked": 0.25,
+    "share_observed": 0.216,
+    "decision": "rollback",
+    "reasons": ["error ratio 57.14% vs 0.00%: more than 2.00% worse"],
+    "action": "rolled back",
+    "versions": {
+        "v1": {"requests": 79.0, "errors": 0, "error_ratio": 0.0, "p99_ms": 193.0},
+        "v3": {"requests": 22.4, "errors": 12.8, "error_ratio": 0.5714, "p99_ms": 218.0},
+    },
+    "start_s": 1.19,
+    "judged_s": 26.59,
+    "rollback_s": 1.26,
+    "deploy_s": None,
+}
+
+
+def test_a_canary_shows_its_verdict_and_numbers_per_version(tmp_path: Path) -> None:
+    data = journal_data(tmp_path / "run")
+    assert "<h2>Canary" not in write_report(write_journal(tmp_path / "run", data)).read_text()
+    data["canaries"] = [CANARY]
+    html = write_report(write_journal(tmp_path / "run", data)).read_text(encoding="utf-8")
+    parse(html)
+    assert "payments v3 (payments-canary)" in html
+    assert '<td>v3</td><td class="num">22</td><td class="num">57.1%</td>' in html
+    assert "canary share 21.6% (asked 25.0%)" in html
+    assert "rolled back in 1.3 s" in html
+    for odd in ("x", [None, 1], [{"versions": "x", "reasons": 3, "share_observed": "lots"}]):
+        data["canaries"] = odd
+        parse(write_report(write_journal(tmp_path / "run", data)).read_text(encoding="utf-8"))

@@ -2,20 +2,21 @@
 
 ``DEMO_ROLE=backend`` answers ``GET /work`` with its instance id and version.
 ``DEMO_ROLE=front`` answers ``GET /work`` by calling a ``backend`` instance it finds through
-``mesh.registry_discovery`` (the registry when ``TESTBED_REGISTRY_URL`` is set), round robin, so a
+``mesh.registry_discovery`` (the registry when ``TESTBED_REGISTRY_URL`` is set), balanced by
+``mesh.balancing`` (round robin; a canary gets its share), so a
 test can send traffic through the system and watch scaling, deploys and registry outages.
 Both register themselves with ``mesh.registration`` like every testbed process.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
+from mesh.balancing import Balancer
 from mesh.discovery import Discovery
 from mesh.process import ProcessConfig
 from mesh.registration import install_registration
@@ -24,7 +25,7 @@ from observability.app import CONFIG_KEY, create_base_app, run
 
 DISCOVERY = web.AppKey("demo_discovery", Discovery)
 SESSION = web.AppKey("demo_session", aiohttp.ClientSession)
-COUNTER: web.AppKey[itertools.count[int]] = web.AppKey("demo_counter")
+BALANCER = web.AppKey("demo_balancer", Balancer)
 UPSTREAM = "backend"
 
 
@@ -37,8 +38,7 @@ async def front_work(request: web.Request) -> web.Response:
     instances = request.app[DISCOVERY].instances(UPSTREAM)
     if not instances:
         return web.json_response({"code": "unavailable", "message": "no backend"}, status=503)
-    counter: itertools.count[int] = request.app[COUNTER]
-    inst = instances[next(counter) % len(instances)]
+    inst = request.app[BALANCER].pick(instances)
     timeout = aiohttp.ClientTimeout(total=3.0)
     try:
         async with request.app[SESSION].get(inst.base_url + "/work", timeout=timeout) as resp:
@@ -56,7 +56,7 @@ async def _client(app: web.Application) -> AsyncIterator[None]:
         await discovery.start()
         app[SESSION] = session
         app[DISCOVERY] = discovery
-        app[COUNTER] = itertools.count()
+        app[BALANCER] = Balancer("round_robin")
         yield
         await discovery.close()
 

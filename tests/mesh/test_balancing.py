@@ -36,6 +36,46 @@ def test_round_robin_is_exactly_even() -> None:
     assert set(counts.values()) == {100}
 
 
+def canary(share: str) -> Instance:
+    return Instance(
+        id="canary", address="10.0.0.9:80", version="v2", metadata={"canary_share": share}
+    )
+
+
+@pytest.mark.parametrize("policy", ["round_robin", "least_request", "consistent_hash"])
+def test_a_canary_gets_its_share_under_every_policy(policy: str) -> None:
+    balancer = Balancer(policy, rng=random.Random(3))
+    pool = (*instances(3), canary("0.2"))
+    picks = Counter(balancer.pick(pool, key=f"k{n}").id for n in range(4000))
+    assert 0.17 <= picks["canary"] / 4000 <= 0.23
+    # The old instances share the rest evenly enough (every one is used).
+    assert all(picks[f"i{k}"] > 800 for k in range(3))
+
+
+def test_a_tried_or_ejected_canary_leaves_the_pool_to_the_others(clock: FakeClock) -> None:
+    balancer = Balancer(
+        "round_robin",
+        outlier=OutlierPolicy(consecutive_failures=1, max_ejection_percent=100),
+        clock=clock,
+        rng=random.Random(1),
+    )
+    pool = (*instances(2), canary("0.5"))
+    tried = pool[2]
+    assert {balancer.pick(pool, exclude=[tried]).id for _ in range(50)} == {"i0", "i1"}
+    balancer.record_failure(tried)
+    assert {balancer.pick(pool).id for _ in range(50)} == {"i0", "i1"}
+    # Only canaries left: they take everything.
+    assert balancer.pick([tried]).id == "canary"
+
+
+@pytest.mark.parametrize("raw", ["0", "1", "1.5", "-0.1", "lots"])
+def test_an_invalid_share_is_an_ordinary_instance(raw: str) -> None:
+    balancer = Balancer("round_robin")
+    pool = (*instances(3), canary(raw))
+    picks = Counter(balancer.pick(pool).id for _ in range(400))
+    assert set(picks.values()) == {100}
+
+
 def test_least_request_prefers_the_less_loaded() -> None:
     balancer = Balancer("least_request", rng=random.Random(7))
     pool = instances(2)

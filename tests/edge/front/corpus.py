@@ -20,7 +20,9 @@ class Case:
     does not read for ``wait`` seconds (then whether the server cut the connection counts).
     ``also``: classes the wire lane may answer besides aiohttp's and HAProxy's, where RFC 9110
     or 9112 asks more than either does, or the front cuts a slow client neither cuts; ``why``
-    says which."""
+    says which. ``until_answered``: stop sending once the server answers or closes (as a
+    client would). ``closes``: the edge must close the connection within the request timeout
+    (and a margin): read until it does."""
 
     group: str
     name: str
@@ -31,6 +33,8 @@ class Case:
     read: bool = True
     also: tuple[str, ...] = ()
     why: str = ""
+    until_answered: bool = False
+    closes: bool = False
 
 
 def head(*lines: str | bytes, body: bytes = b"", end: bytes = b"\r\n") -> bytes:
@@ -55,6 +59,10 @@ def one(group: str, name: str, data: bytes, **kw: object) -> Case:
 INVALID_HOST = "RFC 9112 3.2: a Host field with an invalid value is answered 400"
 USERINFO = "RFC 9110 4.2.4: userinfo in an http(s) URI from an untrusted source is an error"
 SLOW_POST = "a body the front reads whole must come within the request timeout (slow POST)"
+SLOW_BODY = (
+    "the whole request, head and body, must come within the request timeout (HAProxy's"
+    " `timeout http-request` covers the head only without `option http-buffer-request`)"
+)
 
 
 H = "Host: edge.test"
@@ -339,11 +347,59 @@ CORPUS: tuple[Case, ...] = (
         answers=2,
         wait=5.0,
     ),
+    # -- slow bodies: each on a path of its own, so what reached the upstream is known
+    Case(
+        "slow bodies",
+        "a body trickling in, a byte every 0.3 s (Content-Length 20)",
+        (head("POST /slow-trickle HTTP/1.1", H, "Content-Length: 20"), *(b"b",) * 20),
+        gap=0.3,
+        wait=5.5,
+        also=("4xx",),
+        why=SLOW_BODY,
+        until_answered=True,
+        closes=True,
+    ),
+    one(
+        "slow bodies",
+        "a body stopped half way (Content-Length 64)",
+        head("POST /slow-half HTTP/1.1", H, "Content-Length: 64", body=b"b" * 32),
+        wait=5.5,
+        also=("4xx",),
+        why=SLOW_BODY,
+        closes=True,
+    ),
+    one(
+        "slow bodies",
+        "a chunked body stopped half way",
+        head("POST /slow-chunked HTTP/1.1", H, "Transfer-Encoding: chunked", body=b"10\r\nbbbb"),
+        wait=5.5,
+        also=("4xx",),
+        why=SLOW_BODY,
+        closes=True,
+    ),
+    one(
+        "slow bodies",
+        "a large body stopped half way (Content-Length 1 MB)",
+        head("POST /slow-large HTTP/1.1", H, "Content-Length: 1000000", body=b"b" * 200_000),
+        wait=5.5,
+        also=("4xx",),
+        why=SLOW_BODY,
+        closes=True,
+    ),
     one(
         "slow clients",
         "slow reader: 100 pipelined GETs of 64 KB, never read",
         get("/big") * 100,
         wait=5.0,
         read=False,
+        closes=True,
+    ),
+    one(
+        "slow clients",
+        "slow reader after a hand-off to aiohttp: 100 HTTP/1.0 GETs of 64 KB, never read",
+        get("/big", "Connection: keep-alive", version="HTTP/1.0") * 100,
+        wait=5.0,
+        read=False,
+        closes=True,
     ),
 )
