@@ -367,7 +367,44 @@ class ResponseHeaderFilter:
         return out
 
     def lines(self, raw: RawHeaders) -> bytes:
-        """The fields as ``Name: value\r\n`` lines, bytes as sent (for a raw writer)."""
+        """The fields as ``Name: value\r\n`` lines, bytes as sent (for a raw writer).
+
+        Every answer the wire lane relays passes here, so the usual case (no ``Connection``
+        field) is one loop appending the kept bytes, with no intermediate pairs and no
+        formatting (~0.7 us instead of ~1.5 for six fields); an answer with a ``Connection``
+        field takes ``_filter``, which drops the fields it names."""
+        kept_names = self._kept
+        special = self._special
+        out: list[bytes] = []
+        append = out.append
+        via: list[bytes] | None = None
+        for name, value in raw:
+            if name not in kept_names:
+                what = special.get(name)
+                if what is None:
+                    learnt = self._learn(name)
+                    if isinstance(learnt, int):
+                        what = learnt
+                if what is not None:
+                    if what == _R_VIA:
+                        via = [value] if via is None else [*via, value]
+                    elif what == _R_CONNECTION:
+                        return self._general_lines(raw)
+                    continue
+            append(name)
+            append(b": ")
+            append(value)
+            append(b"\r\n")
+        append(b"Via: ")
+        if via is not None:
+            append(b", ".join(via))
+            append(b", ")
+        append(self._via)
+        append(b"\r\n")
+        return b"".join(out)
+
+    def _general_lines(self, raw: RawHeaders) -> bytes:
+        """``lines`` for any answer, the fields named in ``Connection`` dropped too."""
         kept, via = self._filter(raw)
         kept.append((b"Via", via))
         return b"".join([b"%s: %s\r\n" % pair for pair in kept])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 from opentelemetry.trace.span import TraceState
@@ -12,6 +15,7 @@ from observability.sampling import (
     ParentBasedRateLimiting,
     RateLimitingSampler,
     trace_budget,
+    unsampled_root_maker,
     unsampled_span_maker,
 )
 
@@ -129,3 +133,46 @@ def test_unsampled_spans_carry_what_the_sdk_would_give_them() -> None:
 def test_no_shortcut_for_other_samplers() -> None:
     assert unsampled_span_maker(TracerProvider(sampler=ALWAYS_ON)) is None
     assert unsampled_span_maker(TracerProvider(sampler=RateLimitingSampler(1))) is None
+
+
+class CountingIds(IdGenerator):
+    def __init__(self) -> None:
+        self.last = 0
+
+    def generate_span_id(self) -> int:
+        self.last += 1
+        return self.last
+
+    def generate_trace_id(self) -> int:
+        self.last += 1
+        return self.last
+
+
+def test_unsampled_roots_follow_the_budget_and_draw_the_sdk_ids() -> None:
+    sampler = ParentBasedRateLimiting(2)
+    clock = Clock()
+    budget = sampler.limiter
+    budget._clock = clock
+    budget._last = clock.now
+    make = unsampled_root_maker(TracerProvider(sampler=sampler))
+    assert make is not None
+    for step in (0.0, 0.0, 0.2, 0.3, 0.1, 0.6, 2.0):
+        clock.now += step
+        state = random.getstate()
+        root = make()
+        assert (root is None) == budget.would_sample()
+        if root is None:
+            assert budget._take()
+            continue
+        # The ids the default generator would have drawn from the same random state.
+        random.setstate(state)
+        sdk = RandomIdGenerator()
+        random_flag = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
+        assert root == (sdk.generate_trace_id(), sdk.generate_span_id(), random_flag)
+
+    # Another id generator is asked for its ids.
+    ids = CountingIds()
+    provider = TracerProvider(sampler=ParentBasedRateLimiting(0), id_generator=ids)
+    other = unsampled_root_maker(provider)
+    assert other is not None
+    assert other() == (1, 2, TraceFlags(0))
