@@ -158,7 +158,8 @@ def suite(run_dir: Path | None, base_port: int | None, only: tuple[str, ...]) ->
     multiple=True,
     required=True,
     help="NAME:KEY=VALUE[,KEY=VALUE] (resilience.<c>=none|basic|full, "
-    "consistency=saga|naive, instances.<c>=N, topology=FILE); give two or more.",
+    "consistency=saga|naive, instances.<c>=N, topology=FILE, env.<c>.<NAME>=VALUE);"
+    " give two or more.",
 )
 @click.option(
     "--run-dir",
