@@ -210,14 +210,11 @@ class Soak:
                 await toxiproxy.ping()
             except ToxiproxyError as exc:
                 raise SoakError(str(exc)) from None
-            deadline = time.monotonic() + 20.0
-            while not_ready := await _not_ready(self.stack):
-                if time.monotonic() > deadline:
-                    raise SoakError(
-                        f"instances not ready: {', '.join(not_ready)}; check `testbed status`"
-                        " and start the soak when every instance is ready"
-                    )
-                await asyncio.sleep(1.0)
+            if not_ready := await _still_not_ready(self.stack, within=20.0):
+                raise SoakError(
+                    f"instances not ready: {', '.join(not_ready)}; check `testbed status`"
+                    " and start the soak when every instance is ready"
+                )
 
     async def run(self) -> None:
         s = self.settings
